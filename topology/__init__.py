@@ -1,0 +1,1 @@
+"""Topology model, parsers and the exact GPU-set allocator. Pure: no I/O libraries."""
