@@ -76,6 +76,7 @@ class Topology:
         for i, row in enumerate(self.links):
             if len(row) != n:
                 raise TopologyError(f"link matrix row GPU{i} has {len(row)} cells for {n} GPUs")
+        for i, row in enumerate(self.links):
             if row[i] is not None:
                 raise TopologyError(f"GPU{i} has a link to itself ({row[i]})")
             for j, cell in enumerate(row):

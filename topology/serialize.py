@@ -89,8 +89,11 @@ def load(data: Any) -> Topology:
         if not isinstance(row, list):
             raise TopologyError(f"links[{i}]: expected a list")
         links.append(tuple(_cell(c, f"links[{i}][{j}]") for j, c in enumerate(row)))
+    nics_raw = data.get("nics") or []
+    if not isinstance(nics_raw, list):
+        raise TopologyError("topology JSON 'nics' must be a list")
     nics = []
-    for k, n in enumerate(data.get("nics") or []):
+    for k, n in enumerate(nics_raw):
         if not isinstance(n, Mapping) or not isinstance(n.get("name"), str):
             raise TopologyError(f"nics[{k}]: expected an object with a 'name'")
         nic_links = n.get("links")

@@ -51,7 +51,8 @@ class TestAllocate:
                         "--free", "0,1,5,6", "--min-link", "nvlink", "--json")
         obj = json.loads(out)
         assert code == 1
-        assert obj["devices"] == [] and obj["reason"] == "4 free GPUs (0,1,5,6): no NVLink ring of 4"
+        assert obj["devices"] == []
+        assert obj["reason"] == "4 free GPUs (0,1,5,6): no NVLink ring of 4"
 
     def test_plain_text(self) -> None:
         code, out = run("allocate", "--topology", "hgx-h100", "--size", "4")
