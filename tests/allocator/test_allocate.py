@@ -21,7 +21,7 @@ MIN_LINKS = [None, "sys", "node", "phb", "pxb", "pix", "nvlink", "NV2", "NV4", "
 
 @st.composite
 def requests(
-    draw: st.DrawFn, max_gpus: int = 9
+    draw: st.DrawFn, max_gpus: int = 10
 ) -> tuple[Topology, int, set[int], set[int], str | None]:
     t = draw(topologies(min_gpus=1, max_gpus=max_gpus))
     free = set(draw(st.sets(st.integers(0, t.size - 1))))
