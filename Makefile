@@ -34,7 +34,7 @@ bench: setup
 	$(PY) benchmarks/bench_extender.py
 
 stubs: setup
-	$(PY) plugin/api/generate.py
+	$(PY) -m plugin.api.generate
 
 extender: setup
 	$(VENV)/bin/gputopo-extender --port 8888 --cluster-file manifests/examples/cluster.yaml

@@ -1,0 +1,1 @@
+"""Kubelet device plugin: NVML discovery, topology-aware preferred allocation, health."""

@@ -1,0 +1,80 @@
+"""Structured log lines: ``key=value`` (default) or one JSON object per line.
+
+Call sites pass their fields through ``extra=fields(pod=..., gpus=...)`` so a person can
+grep ``pod=default/train-0`` and a log pipeline can parse every line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+__all__ = ["LOG_FORMATS", "JsonFormatter", "KeyValueFormatter", "configure", "fields"]
+
+LOG_FORMATS: Final = ("kv", "json")
+
+def fields(**kv: Any) -> dict[str, Any]:
+    """``extra=`` for a log call: the structured fields of the line."""
+    return {"fields": kv}
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return ",".join(str(x) for x in (sorted(v) if isinstance(v, (set, frozenset)) else v))
+    return v
+
+
+def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    extra = getattr(record, "fields", None)
+    if isinstance(extra, dict):
+        out.update({k: _value(v) for k, v in extra.items() if v is not None})
+    if record.exc_info and record.exc_info[0] is not None:
+        out["error_type"] = record.exc_info[0].__name__
+    return out
+
+
+def _quote(v: Any) -> str:
+    text = str(v)
+    if text == "" or any(c in text for c in ' "=\t\n'):
+        return json.dumps(text)
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``time=… level=info logger=plugin.server msg="allocate" gpus=GPU-…,GPU-…``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{k}={_quote(v)}" for k, v in _record_fields(record).items())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_record_fields(record), default=str, separators=(",", ":"))
+
+
+def configure(
+    fmt: Literal["kv", "json"] = "kv",
+    level: str = "INFO",
+    *,
+    quiet: Iterable[str] = ("kubernetes", "urllib3"),
+) -> None:
+    """Send every log line to stderr in ``fmt``; chatty client libraries at WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)

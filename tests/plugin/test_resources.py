@@ -1,0 +1,190 @@
+"""GetPreferredAllocation and Allocate decisions, without gRPC (``TopologyResourceManager``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from plugin.cluster import PodInfo
+from plugin.fakenvml import fake_uuid
+from plugin.pods import entry_for
+from plugin.resources import (
+    AllocateOptions,
+    AllocationError,
+    KubeletRecord,
+    TopologyResourceManager,
+    assigned_candidates,
+)
+from topology.handoff import encode_gpu_sets
+from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
+from topology.presets import preset
+
+U = [fake_uuid(i) for i in range(8)]
+DGX1 = preset("dgx1-v100").with_gpus(
+    replace(g, uuid=U[g.index]) for g in preset("dgx1-v100").gpus)
+
+
+def _pod(name: str, assigned: dict[str, list[int]], *, created: str = "2026-01-01T00:00:00Z",
+         allocated: dict[str, list[int]] | None = None, phase: str = "Pending",
+         deleting: bool = False) -> PodInfo:
+    ann = {ASSIGNED_GPUS_ANNOTATION: encode_gpu_sets(
+        {c: [U[i] for i in ix] for c, ix in assigned.items()})}
+    if allocated is not None:
+        ann[ALLOCATED_GPUS_ANNOTATION] = encode_gpu_sets(
+            {c: [U[i] for i in ix] for c, ix in allocated.items()})
+    return PodInfo(namespace="ns", name=name, node_name="node-a", phase=phase,
+                   annotations=ann, created=created, deleting=deleting)
+
+
+def _rm(pods: Sequence[PodInfo] = (), kubelet: KubeletRecord | None = None,
+        **options: object) -> TopologyResourceManager:
+    snapshot = MappingProxyType({p.key: entry_for(p) for p in pods})
+    record = kubelet or MappingProxyType({})
+    return TopologyResourceManager(
+        DGX1, pods=lambda: snapshot, kubelet=lambda: record,
+        options=AllocateOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    name: str
+    pods: tuple[PodInfo, ...] = ()
+    kubelet: dict[tuple[str, str], dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    available: tuple[int, ...] = tuple(range(8))
+    must: tuple[int, ...] = ()
+    size: int = 2
+    want: frozenset[int] | None = None  # exact set expected
+    want_link: str | None = None  # else: the pair's link class
+    source: str
+
+
+CASES = [
+    # DGX-1 pairs: NV2 is the best link a pair can have; the allocator picks one.
+    Case(name="no pods: allocator NV2 pair", want_link="NV2", source="allocator"),
+    # The assigned set is returned even though it is SYS (the extender chose it).
+    Case(name="assigned set honoured", pods=(_pod("a", {"main": [0, 5]}),),
+         want=frozenset({0, 5}), source="assigned"),
+    Case(name="assigned set of another size ignored", pods=(_pod("a", {"main": [0, 5, 6]}),),
+         want_link="NV2", source="allocator"),
+    Case(name="assigned set outside available ignored", pods=(_pod("a", {"main": [0, 5]}),),
+         available=(1, 2, 3, 4, 5, 6, 7), want_link="NV2", source="allocator"),
+    Case(name="assigned set without must_include ignored",
+         pods=(_pod("a", {"main": [0, 5]}),), must=(1,), want_link="NV2", source="allocator"),
+    Case(name="assigned set containing must_include honoured",
+         pods=(_pod("a", {"main": [0, 5]}),), must=(5,), want=frozenset({0, 5}),
+         source="assigned"),
+    Case(name="already allocated per kubelet record skipped",
+         pods=(_pod("a", {"main": [0, 5]}),),
+         kubelet={("ns", "a"): {"main": (U[0], U[5])}}, want_link="NV2", source="allocator"),
+    Case(name="already allocated per annotation skipped",
+         pods=(_pod("a", {"main": [0, 5]}, allocated={"main": [0, 5]}),),
+         want_link="NV2", source="allocator"),
+    Case(name="finished pod skipped", pods=(_pod("a", {"main": [0, 5]}, phase="Succeeded"),),
+         want_link="NV2", source="allocator"),
+    Case(name="terminating pod skipped", pods=(_pod("a", {"main": [0, 5]}, deleting=True),),
+         want_link="NV2", source="allocator"),
+    Case(name="oldest pod first", pods=(
+        _pod("young", {"main": [6, 7]}, created="2026-01-02T00:00:00Z"),
+        _pod("old", {"main": [4, 5]}, created="2026-01-01T00:00:00Z")),
+        want=frozenset({4, 5}), source="assigned"),
+    Case(name="second container of a pod", pods=(
+        _pod("a", {"first": [0, 3], "second": [1, 2]}),),
+        kubelet={("ns", "a"): {"first": (U[0], U[3])}},
+        available=(1, 2, 4, 5, 6, 7), want=frozenset({1, 2}), source="assigned"),
+    # B got A's set (opposite order): B's own assigned set is now free for A.
+    Case(name="orphaned set after a swap", pods=(
+        _pod("a", {"main": [0, 3]}, created="2026-01-01T00:00:00Z"),
+        _pod("b", {"main": [1, 2]}, created="2026-01-01T00:00:01Z")),
+        kubelet={("ns", "b"): {"main": (U[0], U[3])}},
+        available=(1, 2, 4, 5, 6, 7), want=frozenset({1, 2}), source="assigned"),
+    # A 4-GPU pod is promised 4-7; a 2-GPU request without a set stays off them
+    # (0-3 still holds NV2 pairs: 0-3 and 1-2).
+    Case(name="promised GPUs kept for their pod", pods=(_pod("big", {"main": [4, 5, 6, 7]}),),
+         want_link="NV2", source="allocator"),
+    Case(name="single GPU", size=1, available=(6,), want=frozenset({6}), source="allocator"),
+    Case(name="unknown IDs in available ignored", available=(1, 2), want=frozenset({1, 2}),
+         source="allocator"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_preferred(case: Case) -> None:
+    rm = _rm(list(case.pods), MappingProxyType(case.kubelet))
+    available = [U[i] for i in case.available]
+    if case.name.startswith("unknown"):
+        available.append("GPU-elsewhere")
+    got = rm.preferred(available, [U[i] for i in case.must], case.size)
+    idx = frozenset(U.index(u) for u in got.devices)
+    assert got.source == case.source
+    assert len(got.devices) == case.size
+    assert set(got.devices) <= set(available)  # never outside `available`
+    assert {U[i] for i in case.must} <= set(got.devices)
+    if case.want is not None:
+        assert idx == case.want
+    if case.want_link is not None:
+        i, j = sorted(idx)
+        assert str(DGX1.link(i, j)) == case.want_link
+    if case.name == "promised GPUs kept for their pod":
+        assert idx.isdisjoint({4, 5, 6, 7})
+
+
+def test_fallback_stays_inside_available_and_keeps_must_include() -> None:
+    rm = _rm()
+    got = rm.preferred([U[1], U[2]], [U[2]], 3)  # impossible: only 2 available
+    assert got.source == "fallback"
+    assert set(got.devices) <= {U[1], U[2]} and U[2] in got.devices
+
+
+def test_candidates_skip_sets_naming_gpus_of_other_nodes() -> None:
+    pods = {p.key: entry_for(p) for p in [PodInfo(namespace="ns", name="x", annotations={
+        ASSIGNED_GPUS_ANNOTATION: encode_gpu_sets({"main": ["GPU-elsewhere", U[0]]})})]}
+    assert assigned_candidates(pods, {}, U) == []
+
+
+def test_unreadable_annotation_is_ignored_not_fatal() -> None:
+    pod = PodInfo(namespace="ns", name="x", annotations={ASSIGNED_GPUS_ANNOTATION: "{nope"})
+    assert entry_for(pod).assigned is None
+
+
+def test_allocate_refuses_unknown_and_unhealthy_ids_naming_them() -> None:
+    rm = _rm()
+    with pytest.raises(AllocationError, match="GPU-nope"):
+        rm.allocate([U[0], "GPU-nope"])
+    assert rm.set_health(U[3], False, "XID 79")
+    assert not rm.set_health(U[3], False, "XID 79")  # no change, no wake-up
+    with pytest.raises(AllocationError, match=f"{U[3]}.*XID 79"):
+        rm.allocate([U[3]])
+    with pytest.raises(AllocationError, match="no devices"):
+        rm.allocate([])
+
+
+def test_allocate_env_and_existing_device_nodes(tmp_path: Path) -> None:
+    for name in ("nvidia0", "nvidia4", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools",
+                 "nvidia-modeset"):
+        (tmp_path / name).touch()
+    rm = _rm(pass_device_specs=True, dev_root=tmp_path)
+    got = rm.allocate([U[4], U[0]])
+    assert got.envs == {"NVIDIA_VISIBLE_DEVICES": f"{U[4]},{U[0]}"}
+    assert [s.container_path for s in got.device_specs] == [
+        "/dev/nvidia4", "/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm",
+        "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"]
+    assert {s.permissions for s in got.device_specs} == {"rw"}
+
+
+def test_health_change_wakes_waiters() -> None:
+    rm = _rm()
+    v = rm.version
+    assert rm.wait_for_change(v, 0.0) == v
+    rm.set_health(U[0], False, "XID 48")
+    assert rm.wait_for_change(v, 0.0) != v
+    assert [d.health for d in rm.devices()][:2] == ["Unhealthy", "Healthy"]
+
+
+def test_gpus_without_uuid_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="GPU0"):
+        TopologyResourceManager(preset("dgx1-v100"))
