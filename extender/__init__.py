@@ -1,0 +1,1 @@
+"""kube-scheduler HTTP extender: filter, prioritize, bind and preempt on the GPU topology."""

@@ -1,0 +1,198 @@
+"""``gputopo-extender``: serve the extender over a cluster file or the Kubernetes API.
+
+    gputopo-extender --port 8888 [--host 0.0.0.0]
+        (--cluster-file FILE | --kubeconfig PATH | --in-cluster)
+        [--tls-cert-file CERT --tls-key-file KEY] [--max-body-bytes N] ...
+
+With neither ``--cluster-file`` nor ``--kubeconfig``, in-cluster credentials are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from extender.app import build_app
+from extender.cluster import Cluster
+from extender.config import DEFAULT_MAX_BODY_BYTES, ExtenderConfig, validate
+
+__all__ = ["main", "make_cluster", "parse_args", "serve"]
+
+log = logging.getLogger("extender")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ExtenderConfig:
+    p = argparse.ArgumentParser(
+        prog="gputopo-extender",
+        description="kube-scheduler HTTP extender placing multi-GPU pods on well-connected GPUs.",
+    )
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8888, help="port to listen on (default 8888)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--cluster-file", help="serve this cluster file (YAML/JSON); no cluster")
+    src.add_argument("--kubeconfig", help="use the Kubernetes API with this kubeconfig")
+    src.add_argument("--in-cluster", action="store_true",
+                     help="use the pod's service account (the default without the others)")
+    p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key-file", help="the certificate's private key (PEM)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"largest request body accepted (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--resource-name", action="append", dest="resource_names",
+                   help="extended resource counted as GPUs (repeatable; default nvidia.com/gpu)")
+    p.add_argument("--path-prefix", default="",
+                   help="also serve the verbs under this path (urlPrefix's path, e.g. /scheduler)")
+    p.add_argument("--no-leader-elect", action="store_true",
+                   help="API mode: serve without a Lease (only with a single replica)")
+    p.add_argument("--lease-name", default="gputopo-extender")
+    p.add_argument("--lease-duration", type=float, default=15.0,
+                   help="seconds a standby waits on a silent leader (default 15)")
+    p.add_argument("--renew-deadline", type=float, default=10.0,
+                   help="seconds the leader keeps leading without renewing (default 10)")
+    p.add_argument("--retry-period", type=float, default=2.0,
+                   help="seconds between Lease attempts (default 2)")
+    p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "kube-system"),
+                   help="namespace of the Lease (default $POD_NAMESPACE or kube-system)")
+    p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
+                   help="this replica's name in the Lease (default $POD_NAME or the hostname)")
+    p.add_argument("--bind-timeout", type=float, default=5.0,
+                   help="seconds for the pod patch and Binding together (default 5; at most "
+                        "the lease duration minus the renew deadline)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    a = p.parse_args(argv)
+    return ExtenderConfig(
+        host=a.host, port=a.port, cluster_file=a.cluster_file, kubeconfig=a.kubeconfig,
+        in_cluster=a.in_cluster or not (a.cluster_file or a.kubeconfig),
+        tls_cert_file=a.tls_cert_file, tls_key_file=a.tls_key_file,
+        max_body_bytes=a.max_body_bytes,
+        resource_names=tuple(a.resource_names or ("nvidia.com/gpu",)),
+        path_prefix=a.path_prefix, leader_elect=not a.no_leader_elect,
+        lease_name=a.lease_name, lease_namespace=a.lease_namespace, identity=a.identity,
+        lease_duration_s=a.lease_duration, renew_deadline_s=a.renew_deadline,
+        retry_period_s=a.retry_period,
+        bind_timeout_s=a.bind_timeout, log_level=a.log_level.upper(),
+    )
+
+
+def make_cluster(cfg: ExtenderConfig) -> Cluster:
+    if cfg.cluster_file:
+        from extender.filesource import file_cluster
+
+        return file_cluster(cfg.cluster_file)
+    from extender.kube import KubeCluster, load_api
+    from extender.leader import LeaseElector
+
+    api = load_api(kubeconfig=cfg.kubeconfig, in_cluster=cfg.in_cluster)
+    elector = None
+    if cfg.leader_elect:
+        elector = LeaseElector(
+            api, name=cfg.lease_name, namespace=cfg.lease_namespace, identity=cfg.identity,
+            lease_duration_s=cfg.lease_duration_s, renew_deadline_s=cfg.renew_deadline_s,
+            retry_period_s=cfg.retry_period_s,
+        )
+    return KubeCluster(api, elector=elector)
+
+
+def ssl_context(cfg: ExtenderConfig) -> ssl.SSLContext | None:
+    if not cfg.tls_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
+    return ctx
+
+
+#: Seconds between full garbage collections of a long-running server (see _gc_loop).
+GC_PERIOD_S = 600.0
+
+
+def freeze_heap() -> None:
+    """Collect once, then move every object alive now out of the collector's sight.
+
+    The state (topologies, allocator tables, verdict caches) is large and long-lived; a
+    full collection walking it costs tens of milliseconds, which would land on some
+    filter request's latency. Frozen objects are never walked again.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+async def _gc_loop(period_s: float) -> None:
+    while True:
+        await asyncio.sleep(period_s)
+        freeze_heap()
+
+
+async def serve(cfg: ExtenderConfig, cluster: Cluster, *, stop: asyncio.Event,
+                ready: Callable[[int], None] | None = None, tune_gc: bool = True) -> None:
+    """Run until ``stop`` is set; ``ready(port)`` is called once the port listens.
+
+    ``tune_gc`` freezes the heap after start and every ``GC_PERIOD_S`` (the process is
+    the server's own; tests running it inside a test process turn it off).
+    """
+    app = build_app(cfg, cluster)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    gc_task = None
+    try:
+        site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_context(cfg))
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else cfg.port
+        log.info("serving host=%s port=%d tls=%s mode=%s", cfg.host, port,
+                 bool(cfg.tls_cert_file), cluster.mode)
+        if tune_gc:
+            freeze_heap()
+            gc_task = asyncio.create_task(_gc_loop(GC_PERIOD_S))
+        if ready is not None:
+            ready(port)
+        await stop.wait()
+    finally:
+        if gc_task is not None:
+            gc_task.cancel()
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level, logging.INFO),
+        format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
+    errors = validate(cfg)
+    if errors:
+        for e in errors:
+            print(f"gputopo-extender: {e}", file=sys.stderr)
+        return 2
+    try:
+        cluster = make_cluster(cfg)
+    except Exception as e:
+        print(f"gputopo-extender: {e}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(cfg, cluster, stop=stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as e:
+        print(f"gputopo-extender: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""Prometheus metrics, in a registry of the app's own (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from extender.state import ClusterState
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0)
+
+
+class Metrics:
+    """Requests and latency per verb, decisions, bind outcomes and conflicts."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gputopo_extender_requests", "Extender HTTP requests by verb and HTTP status.",
+            ["verb", "code"], registry=r)
+        self.latency = Histogram(
+            "gputopo_extender_request_duration_seconds",
+            "Time to answer an extender request, by verb.", ["verb"], buckets=_BUCKETS,
+            registry=r)
+        self.decisions = Counter(
+            "gputopo_extender_node_decisions",
+            "Per-node filter outcomes: passed, failed (GPUs in use), unresolvable, unknown "
+            "(no topology).", ["result"], registry=r)
+        self.pod_errors = Counter(
+            "gputopo_extender_pod_errors",
+            "Requests answered with an Error about the pod itself (bad annotation), by verb.",
+            ["verb"], registry=r)
+        self.binds = Counter(
+            "gputopo_extender_binds", "Bind outcomes: bound, retry (already bound), error.",
+            ["result"], registry=r)
+        self.bind_conflicts = Counter(
+            "gputopo_extender_bind_conflicts",
+            "Binds whose node could no longer give a set on fresh state, or whose pod was "
+            "changed by someone else.", registry=r)
+        self.preempt_nodes = Counter(
+            "gputopo_extender_preempt_nodes",
+            "Preemption candidates: kept (victims free a good set) or dropped.", ["result"],
+            registry=r)
+        nodes = Gauge("gputopo_extender_nodes", "Nodes with a known topology.", registry=r)
+        nodes.set_function(lambda: len(state.nodes))
+        free = Gauge("gputopo_extender_free_gpus", "GPUs neither held nor being bound.",
+                     registry=r)
+        free.set_function(lambda: sum(bin(n.free_mask).count("1") for n in state.nodes.values()))
+        inflight = Gauge("gputopo_extender_binds_in_flight",
+                         "Binds that chose a set and are writing it.", registry=r)
+        inflight.set_function(lambda: len(state.reservations))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,222 @@
+"""Place one pod on one node: a set per container, or the reason none fits. Pure.
+
+Shared by filter (does a plan exist), prioritize (how good is it), bind (the plan written
+on the pod) and preempt (which victims make a plan exist). The container rule is in
+``extender.request``'s module docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import ClassVar
+
+from extender.request import ContainerRequest, GpuRequest
+from topology.allocate import Allocation, Allocator, Infeasible, indices_of, mask_of
+from topology.links import Link, bandwidth_gbps
+
+__all__ = ["Plan", "Rejection", "Verdict", "place"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Plan:
+    """GPU indices per container (pod order), and the figures prioritize scores by.
+
+    Compared by identity (``eq=False``): verdicts are shared cache entries, and the hot
+    path tests lists of them for ``None`` at C speed."""
+
+    ok: ClassVar[bool] = True
+    sets: tuple[tuple[str, tuple[int, ...]], ...]
+    mask: int
+    #: The weakest ring bottleneck over containers of 2+ GPUs, in GB/s (None: all 1-GPU).
+    ring_gbps: float | None
+    ring_link: Link | None
+    #: Bandwidth between the GPUs of each container, summed.
+    pair_gbps: float
+    #: Bandwidth among the node's free GPUs left after this pod.
+    remainder_gbps: float
+    #: ``remainder_gbps`` over the bandwidth of the best set of as many GPUs on this
+    #: machine: 1 when what is left is as well connected as it could be (1 if < 2 left).
+    left_ratio: float
+    #: Whether every container's set meets the pod's min-link (True when none asked).
+    meets_min_link: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Rejection:
+    """Why the node cannot take the pod; ``unresolvable`` when not even empty."""
+
+    ok: ClassVar[bool] = False
+    reason: str
+    unresolvable: bool
+
+
+Verdict = Plan | Rejection
+
+
+def place(alloc: Allocator, free_mask: int, request: GpuRequest) -> Verdict:
+    """The pod's plan on a node whose free GPUs are ``free_mask``.
+
+    The required constraint filters; a preferred one is tried first and dropped when the
+    node cannot give it (``meets_min_link=False``). ``unresolvable`` is decided by placing
+    the pod on the same node with every GPU free.
+    """
+    link = request.min_link
+    verdict = _place(alloc, free_mask, request, link)
+    if isinstance(verdict, Rejection) and link is not None and not request.required:
+        relaxed = _place(alloc, free_mask, request, None)
+        if isinstance(relaxed, Plan):
+            return _replace_meets(relaxed, False)
+        verdict = relaxed
+    if isinstance(verdict, Rejection) and not verdict.unresolvable and free_mask != alloc.full_mask:
+        empty = place(alloc, alloc.full_mask, request)
+        if isinstance(empty, Rejection):
+            return Rejection(reason=verdict.reason, unresolvable=True)
+    return verdict
+
+
+def _replace_meets(plan: Plan, meets: bool) -> Plan:
+    return dataclasses.replace(plan, meets_min_link=meets)
+
+
+def _place(alloc: Allocator, free_mask: int, request: GpuRequest, link: Link | None) -> Verdict:
+    gb_per_link = alloc.topology.gb_per_nvlink
+    multi = len(request.containers) > 1
+    if multi:
+        n_free = bin(free_mask).count("1")
+        if n_free < request.total:
+            free = ",".join(map(str, indices_of(free_mask)))
+            text = f"{n_free} free GPUs ({free})" if n_free else "no free GPUs"
+            per = ", ".join(f"{c.name}={c.count}" for c in request.containers)
+            return Rejection(
+                reason=f"{text}: {request.total} requested ({per})",
+                unresolvable=request.total > alloc.n,
+            )
+    exclusive = _place_exclusive(alloc, free_mask, request.exclusive, link)
+    if isinstance(exclusive, Rejection):
+        return exclusive
+    chosen: dict[str, Allocation] = dict(exclusive)
+    union = 0
+    for a in chosen.values():
+        union |= a.mask
+    mask = union
+    for c in request.shared:
+        r = _place_shared(alloc, c, free_mask, mask, link)
+        if isinstance(r, Infeasible):
+            return _reject(r, c, multi)
+        chosen[c.name] = r
+        mask |= r.mask
+    ring_link: Link | None = None
+    for a in chosen.values():
+        if a.ring_link is not None and (ring_link is None or a.ring_link < ring_link):
+            ring_link = a.ring_link
+    rest = free_mask & ~mask
+    remainder = _remainder_gbps(alloc, rest)
+    return Plan(
+        sets=tuple((c.name, chosen[c.name].devices) for c in request.containers),
+        mask=mask,
+        ring_gbps=None if ring_link is None else bandwidth_gbps(ring_link, gb_per_link),
+        ring_link=ring_link,
+        pair_gbps=sum(
+            chosen[c.name].total_bandwidth_gbps
+            for c in (request.exclusive or request.shared)
+        ),
+        remainder_gbps=remainder,
+        left_ratio=_left_ratio(alloc, rest, remainder),
+        meets_min_link=True,
+    )
+
+
+def _place_exclusive(
+    alloc: Allocator, free_mask: int, containers: tuple[ContainerRequest, ...],
+    link: Link | None,
+) -> list[tuple[str, Allocation]] | Rejection:
+    """Disjoint sets for the app containers (largest first).
+
+    Each container first gets the allocator's best set of what is left (greedy, which is
+    what keeps sets good). When that leaves a later container without a set, an exact
+    search over the first container's possible sets follows (at most ``_SEARCH_LIMIT``
+    tries), so a pod is only rejected when no disjoint placement meeting the constraint
+    exists at all.
+    """
+    multi = len(containers) > 1
+    out: list[tuple[str, Allocation]] = []
+    left = free_mask
+    for k, c in enumerate(containers):
+        r = alloc.best(c.count, left, 0, link)
+        if isinstance(r, Infeasible):
+            if k > 0:
+                found = _search(alloc, free_mask, containers, link, [_SEARCH_LIMIT])
+                if found is not None:
+                    return found
+            return _reject(r, c, multi)
+        out.append((c.name, r))
+        left &= ~r.mask
+    return out
+
+
+#: Candidate sets tried by the exact fallback search of a multi-container pod.
+_SEARCH_LIMIT = 20_000
+
+
+def _search(
+    alloc: Allocator, free_mask: int, containers: tuple[ContainerRequest, ...],
+    link: Link | None, budget: list[int],
+) -> list[tuple[str, Allocation]] | None:
+    first, rest = containers[0], containers[1:]
+    if not rest:
+        r = alloc.best(first.count, free_mask, 0, link)
+        return None if isinstance(r, Infeasible) else [(first.name, r)]
+    for combo in itertools.combinations(indices_of(free_mask), first.count):
+        budget[0] -= 1
+        if budget[0] < 0:
+            return None
+        m = mask_of(combo)
+        r = alloc.best(first.count, m, 0, link)
+        if isinstance(r, Infeasible):
+            continue
+        tail = _search(alloc, free_mask & ~m, rest, link, budget)
+        if tail is not None:
+            return [(first.name, r), *tail]
+    return None
+
+
+def _place_shared(
+    alloc: Allocator, c: ContainerRequest, free_mask: int, union: int, link: Link | None
+) -> Allocation | Infeasible:
+    """A regular init container: inside the GPUs already placed, or around them."""
+    in_union = bin(union).count("1")
+    if union and c.count <= in_union:
+        r = alloc.best(c.count, union, 0, link)
+        if isinstance(r, Allocation):
+            return r
+    elif union:
+        r = alloc.best(c.count, free_mask, union, link)
+        if isinstance(r, Allocation):
+            return r
+    return alloc.best(c.count, free_mask, 0, link)
+
+
+def _remainder_gbps(alloc: Allocator, rest: int) -> float:
+    """Bandwidth among the GPUs of ``rest`` (the allocator's own table, memoized)."""
+    n = bin(rest).count("1")
+    if n < 2:
+        return 0.0
+    r = alloc.best(n, rest)
+    return r.total_bandwidth_gbps if isinstance(r, Allocation) else 0.0
+
+
+def _left_ratio(alloc: Allocator, rest: int, remainder_gbps: float) -> float:
+    n = bin(rest).count("1")
+    if n < 2:
+        return 1.0
+    best = alloc.best(n, alloc.full_mask)
+    if not isinstance(best, Allocation) or best.total_bandwidth_gbps <= 0:
+        return 1.0
+    return min(1.0, remainder_gbps / best.total_bandwidth_gbps)
+
+
+def _reject(r: Infeasible, c: ContainerRequest, multi: bool) -> Rejection:
+    reason = f"container {c.name}: {r.reason}" if multi else r.reason
+    return Rejection(reason=reason, unresolvable=r.unresolvable)

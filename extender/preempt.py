@@ -1,0 +1,141 @@
+"""preempt: for pods whose link constraint is required, the fewest victims that free a good set.
+
+kube-scheduler proposes, per node, victims that would make room by count. Freeing
+*some* GPUs is not enough for a ``required`` pod: the freed and free GPUs together must
+hold a set meeting its min-link. For each node this keeps the victims that hold no GPUs
+known to the extender (the scheduler chose them for other resources), and among those
+that hold GPUs the smallest subset (then the one freeing fewest GPUs; then by UID, to
+be deterministic) whose release gives the pod a plan. A node where even all proposed victims would
+not free a good set is dropped. Pods without a required constraint, or without GPUs,
+get the scheduler's proposal back unchanged. Victims are only ever removed, never
+added, so the scheduler's priority and PDB rules still hold; ``NumPDBViolations`` is
+passed through (an upper bound once victims are removed).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from extender.context import CONTEXT
+from extender.plan import Plan, Verdict, place
+from extender.request import GpuRequest, RequestError, pod_ref
+from extender.state import ClusterState, NodeState
+from extender.wire import (
+    ExtenderPreemptionResult,
+    MetaVictims,
+    decode_json,
+    decode_preemption_args,
+    json_response,
+)
+
+__all__ = ["MAX_SUBSETS", "decide", "handle"]
+
+log = logging.getLogger(__name__)
+
+#: Victim subsets tried per node before settling for all GPU-holding victims.
+MAX_SUBSETS = 4096
+
+
+def decide(
+    state: ClusterState,
+    request: GpuRequest,
+    victims: dict[str, tuple[tuple[str, ...], int]],
+) -> dict[str, MetaVictims]:
+    """The candidates to keep, each with its (possibly fewer) victims."""
+    if request.empty or not request.required:
+        return {node: _meta(uids, pdb) for node, (uids, pdb) in victims.items() if uids}
+    cache = state.verdicts(request)
+    out: dict[str, MetaVictims] = {}
+    for node_name, (uids, pdb) in victims.items():
+        node = state.nodes.get(node_name)
+        if node is None or not uids:
+            continue
+        holding_gpus: list[tuple[str, int]] = []
+        others: list[str] = []
+        for uid in uids:
+            h = state.holdings.get(uid)
+            mask = node.mask_of_ids(h.ids) if h is not None and h.node == node_name else 0
+            if mask:
+                holding_gpus.append((uid, mask))
+            else:
+                others.append(uid)
+        plan_with = functools.partial(_plan_with, state, node, request, cache)
+        if plan_with(0) is not None:
+            # The node already fits our view; the scheduler's victims are for its count.
+            out[node_name] = _meta(uids, pdb)
+            continue
+        chosen = _fewest(holding_gpus, plan_with)
+        if chosen is None:
+            log.info("preempt dropped node=%s reason=%r", node_name,
+                     "no subset of the proposed victims frees a set meeting min-link")
+            continue
+        keep = tuple(others) + chosen
+        if keep:
+            out[node_name] = _meta(keep, pdb)
+    return out
+
+
+def _plan_with(
+    state: ClusterState,
+    node: NodeState, request: GpuRequest, cache: dict[int, Verdict], freed: int
+) -> Plan | None:
+    """The pod's plan on ``node`` if the GPUs of ``freed`` were free too."""
+    free = (node.free_mask | freed) & node.full_mask
+    key = state.key_of(node.topology.fingerprint, free)
+    v = cache.get(key)
+    if v is None:
+        v = cache[key] = place(node.allocator, free, request)
+    return v if isinstance(v, Plan) else None
+
+
+def _fewest(
+    holders: list[tuple[str, int]], plan_with: Callable[[int], Plan | None]
+) -> tuple[str, ...] | None:
+    tried = 0
+    for k in range(1, len(holders) + 1):
+        found: list[tuple[int, str, tuple[str, ...]]] = []
+        for combo in itertools.combinations(holders, k):
+            tried += 1
+            if tried > MAX_SUBSETS:
+                everything = 0
+                for _, m in holders:
+                    everything |= m
+                return tuple(u for u, _ in holders) if plan_with(everything) else None
+            freed = 0
+            for _, m in combo:
+                freed |= m
+            if plan_with(freed) is not None:
+                found.append((bin(freed).count("1"), ",".join(u for u, _ in combo),
+                              tuple(u for u, _ in combo)))
+        if found:
+            return min(found)[2]
+    return None
+
+
+def _meta(uids: tuple[str, ...], pdb: int) -> MetaVictims:
+    return {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": pdb}
+
+
+async def handle(request: web.Request, body: bytes) -> web.Response:
+    ext = request.app[CONTEXT]
+    args = decode_preemption_args(decode_json(body))
+    try:
+        gpu = GpuRequest.from_pod(args.pod, ext.cfg.resource_names)
+    except RequestError as e:
+        # No Error field in the preemption result: offer no candidates (nothing evicted).
+        ext.metrics.pod_errors.labels("preempt").inc()
+        log.info("preempt refused pod=%s error=%r", pod_ref(args.pod), str(e))
+        result: ExtenderPreemptionResult = {"NodeNameToMetaVictims": {}}
+        return json_response(result)
+    kept = decide(ext.state, gpu, args.victims)
+    ext.metrics.preempt_nodes.labels("kept").inc(len(kept))
+    ext.metrics.preempt_nodes.labels("dropped").inc(len(args.victims) - len(kept))
+    log.info("preempt pod=%s candidates=%d kept=%d", pod_ref(args.pod), len(args.victims),
+             len(kept))
+    result = {"NodeNameToMetaVictims": kept}
+    return json_response(result)

@@ -1,0 +1,266 @@
+"""The extender protocol on the wire: upstream's exact keys, decoding, and error mapping.
+
+TypedDicts mirror ``k8s.io/kube-scheduler/extender/v1`` (no JSON tags upstream, so the
+keys are the Go field names). Request bodies are decoded once into frozen dataclasses;
+anything wrong with the body itself raises :class:`BadRequest`, which
+:func:`bad_request` turns into HTTP 400 with a JSON body naming the problem: the one place
+that maps errors to HTTP. A problem with the pod (a bad annotation) is not a bad body:
+it goes in the verb's own ``Error`` field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from aiohttp import web
+
+__all__ = [
+    "BadRequest",
+    "BindArgs",
+    "ExtenderArgs",
+    "ExtenderBindingArgs",
+    "ExtenderBindingResult",
+    "ExtenderFilterResult",
+    "ExtenderPreemptionArgs",
+    "ExtenderPreemptionResult",
+    "FilterArgs",
+    "HostPriority",
+    "MetaPod",
+    "MetaVictims",
+    "PreemptArgs",
+    "bad_request",
+    "decode_binding_args",
+    "decode_extender_args",
+    "decode_json",
+    "decode_preemption_args",
+    "json_response",
+]
+
+
+# -- upstream types (PascalCase keys) ----------------------------------------------------
+class ExtenderArgs(TypedDict):
+    Pod: dict[str, Any]
+    Nodes: dict[str, Any] | None
+    NodeNames: list[str] | None
+
+
+class ExtenderFilterResult(TypedDict):
+    Nodes: dict[str, Any] | None
+    NodeNames: list[str] | None
+    FailedNodes: dict[str, str]
+    FailedAndUnresolvableNodes: dict[str, str]
+    Error: str
+
+
+class HostPriority(TypedDict):
+    Host: str
+    Score: int
+
+
+class ExtenderBindingArgs(TypedDict):
+    PodName: str
+    PodNamespace: str
+    PodUID: str
+    Node: str
+
+
+class ExtenderBindingResult(TypedDict):
+    Error: str
+
+
+class MetaPod(TypedDict):
+    UID: str
+
+
+class MetaVictims(TypedDict):
+    Pods: list[MetaPod]
+    NumPDBViolations: int
+
+
+class Victims(TypedDict):
+    Pods: list[dict[str, Any]]
+    NumPDBViolations: int
+
+
+class ExtenderPreemptionArgs(TypedDict):
+    Pod: dict[str, Any]
+    NodeNameToVictims: dict[str, Victims] | None
+    NodeNameToMetaVictims: dict[str, MetaVictims] | None
+
+
+class ExtenderPreemptionResult(TypedDict):
+    NodeNameToMetaVictims: dict[str, MetaVictims]
+
+
+# -- decoded values ----------------------------------------------------------------------
+class BadRequest(ValueError):
+    """The request body is not a valid message; answered with HTTP 400."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilterArgs:
+    """ExtenderArgs: the pod and the candidate nodes, in the form they came."""
+
+    pod: Mapping[str, Any]
+    #: Candidate names, in request order (from NodeNames, else from Nodes.items).
+    names: list[str]
+    #: Whether names came as ``NodeNames`` (answer in kind).
+    by_name: bool
+    #: The NodeList when ``Nodes`` was sent (its items are echoed back as they came).
+    node_list: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BindArgs:
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreemptArgs:
+    pod: Mapping[str, Any]
+    #: node -> (victim UIDs, NumPDBViolations)
+    victims: dict[str, tuple[tuple[str, ...], int]]
+
+
+def decode_json(body: bytes) -> Any:
+    if not body:
+        raise BadRequest("empty request body; expected a JSON object")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"request body is not UTF-8: {e.reason} at byte {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(
+            f"request body is not JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+
+
+def _object(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, dict):
+        raise BadRequest(f"{what}: expected a JSON object, got {_kind(data)}")
+    return data
+
+
+def _pod(data: Mapping[str, Any], message: str) -> Mapping[str, Any]:
+    if "Pod" not in data or data["Pod"] is None:
+        raise BadRequest(f"{message}: missing Pod")
+    pod = _object(data["Pod"], f"{message}.Pod")
+    for key in ("metadata", "spec"):
+        if pod.get(key) is not None and not isinstance(pod[key], dict):
+            raise BadRequest(f"{message}.Pod.{key}: expected an object, got {_kind(pod[key])}")
+    return pod
+
+
+def decode_extender_args(data: Any) -> FilterArgs:
+    """ExtenderArgs (filter, prioritize)."""
+    data = _object(data, "ExtenderArgs")
+    pod = _pod(data, "ExtenderArgs")
+    raw_names = data.get("NodeNames")
+    raw_nodes = data.get("Nodes")
+    if raw_names is None and raw_nodes is None:
+        raise BadRequest("ExtenderArgs: needs Nodes (a NodeList) or NodeNames (a list)")
+    node_list = None
+    if raw_nodes is not None:
+        node_list = _object(raw_nodes, "ExtenderArgs.Nodes")
+        items = node_list.get("items")
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise BadRequest(f"ExtenderArgs.Nodes.items: expected a list, got {_kind(items)}")
+        from_items = []
+        for i, node in enumerate(items):
+            meta = node.get("metadata") if isinstance(node, dict) else None
+            name = meta.get("name") if isinstance(meta, dict) else None
+            if not isinstance(name, str):
+                raise BadRequest(f"ExtenderArgs.Nodes.items[{i}]: a Node needs metadata.name")
+            from_items.append(name)
+    if raw_names is not None:
+        if not isinstance(raw_names, list):
+            raise BadRequest(f"ExtenderArgs.NodeNames: expected a list, got {_kind(raw_names)}")
+        if not set(map(type, raw_names)) <= {str}:  # C speed over 5,000 names
+            i, name = next((i, n) for i, n in enumerate(raw_names) if type(n) is not str)
+            raise BadRequest(f"ExtenderArgs.NodeNames[{i}]: expected a string, got {_kind(name)}")
+        return FilterArgs(pod=pod, names=raw_names, by_name=True, node_list=node_list)
+    return FilterArgs(pod=pod, names=from_items, by_name=False, node_list=node_list)
+
+
+def decode_binding_args(data: Any) -> BindArgs:
+    data = _object(data, "ExtenderBindingArgs")
+    values = {}
+    for key in ("PodName", "PodNamespace", "PodUID", "Node"):
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            raise BadRequest(
+                f"ExtenderBindingArgs.{key}: expected a non-empty string, got {_kind(value)}"
+            )
+        values[key] = value
+    return BindArgs(
+        pod_name=values["PodName"], pod_namespace=values["PodNamespace"],
+        pod_uid=values["PodUID"], node=values["Node"],
+    )
+
+
+def decode_preemption_args(data: Any) -> PreemptArgs:
+    data = _object(data, "ExtenderPreemptionArgs")
+    pod = _pod(data, "ExtenderPreemptionArgs")
+    victims: dict[str, tuple[tuple[str, ...], int]] = {}
+    for key, uid_of in (("NodeNameToMetaVictims", _meta_uid), ("NodeNameToVictims", _pod_uid)):
+        raw = data.get(key)
+        if raw is None:
+            continue
+        raw = _object(raw, f"ExtenderPreemptionArgs.{key}")
+        for node, v in raw.items():
+            where = f"ExtenderPreemptionArgs.{key}[{node}]"
+            v = _object(v, where)
+            pods = v.get("Pods") or []
+            if not isinstance(pods, list):
+                raise BadRequest(f"{where}.Pods: expected a list, got {_kind(pods)}")
+            pdb = v.get("NumPDBViolations") or 0
+            if not isinstance(pdb, int) or isinstance(pdb, bool):
+                raise BadRequest(f"{where}.NumPDBViolations: expected an integer")
+            uids = tuple(uid_of(p, f"{where}.Pods[{i}]") for i, p in enumerate(pods))
+            victims.setdefault(node, (uids, pdb))
+    return PreemptArgs(pod=pod, victims=victims)
+
+
+def _meta_uid(p: Any, where: str) -> str:
+    uid = p.get("UID") if isinstance(p, dict) else None
+    if not isinstance(uid, str) or not uid:
+        raise BadRequest(f"{where}.UID: expected a pod UID")
+    return uid
+
+
+def _pod_uid(p: Any, where: str) -> str:
+    meta = p.get("metadata") if isinstance(p, dict) else None
+    uid = meta.get("uid") if isinstance(meta, dict) else None
+    if not isinstance(uid, str) or not uid:
+        raise BadRequest(f"{where}.metadata.uid: expected a pod UID")
+    return uid
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+# -- answers -----------------------------------------------------------------------------
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        status=status, content_type="application/json",
+    )
+
+
+def bad_request(error: BadRequest | str) -> web.Response:
+    """HTTP 400 with ``{"Error": message}``: the one mapping of bad bodies to HTTP."""
+    return json_response({"Error": str(error)}, status=400)

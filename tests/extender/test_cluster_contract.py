@@ -1,0 +1,310 @@
+"""One contract for every ClusterState source: in memory, a fake API server, a real one.
+
+The real API server runs only when GPUTOPO_TEST_KUBECONFIG names a kubeconfig (a kind or
+k3d cluster will do); the suite then creates a namespace, the GPUTopology CRD if it is
+missing, GPUTopology objects for fake node names and pods bound to them, and deletes
+them all at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from extender.cluster import Cluster, ClusterError
+from extender.kube import GPUTOPOLOGY_PATH, ApiError, KubeApi, KubeCluster, load_api
+from extender.memory import MemoryCluster
+from extender.state import fake_gpu_uuid
+from topology.handoff import gputopology_object
+from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
+from topology.presets import preset
+
+from .fakekube import FakeKubeApi
+from .helpers import gpu_pod
+
+KUBECONFIG = os.environ.get("GPUTOPO_TEST_KUBECONFIG")
+
+
+def ids(*indices: int) -> str:
+    return json.dumps({"main": [fake_gpu_uuid(i) for i in indices]})
+
+
+class MemoryDriver:
+    """The in-memory source; a "restart" builds a new MemoryCluster from the same pods."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.topologies: dict[str, Any] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.live: list[MemoryCluster] = []
+        self.namespace = "default"
+
+    def add_topology(self, node: str, name: str) -> None:
+        self.topologies[node] = preset(name)
+        for c in self.live:
+            c.set_topology(node, preset(name))
+
+    def delete_topology(self, node: str) -> None:
+        del self.topologies[node]
+        for c in self.live:
+            c.remove_node(node)
+
+    def add_pod(self, pod: dict[str, Any]) -> None:
+        self.pods[pod["metadata"]["uid"]] = pod
+        for c in self.live:
+            c.put_pod(pod)
+
+    def set_phase(self, pod: dict[str, Any], phase: str) -> None:
+        pod["status"]["phase"] = phase
+        for c in self.live:
+            c.set_phase(pod["metadata"]["uid"], phase)
+
+    def delete_pod(self, pod: dict[str, Any]) -> None:
+        del self.pods[pod["metadata"]["uid"]]
+        for c in self.live:
+            c.delete_pod(pod["metadata"]["uid"])
+
+    async def new_cluster(self) -> Cluster:
+        c = MemoryCluster(topologies=dict(self.topologies), pods=list(self.pods.values()))
+        await c.start()
+        self.live.append(c)
+        return c
+
+    async def cleanup(self) -> None:
+        for c in self.live:
+            await c.stop()
+
+
+class KubeDriver:
+    """Objects in an API server (the fake one, or a real one through a kubeconfig)."""
+
+    def __init__(self, api: KubeApi, name: str, namespace: str) -> None:
+        self.api = api
+        self.name = name
+        self.namespace = namespace
+        self.live: list[KubeCluster] = []
+        self.nodes: list[str] = []
+        self.suffix = uuid.uuid4().hex[:6]
+
+    def node(self, node: str) -> str:
+        return f"{node}-{self.suffix}"
+
+    def add_topology(self, node: str, name: str) -> None:
+        self.nodes.append(node)
+        obj = gputopology_object(self.node(node), preset(name))
+        if isinstance(self.api, FakeKubeApi):
+            self.api.put_topology(obj)
+        else:
+            self.api.request("POST", GPUTOPOLOGY_PATH, body=obj)
+
+    def delete_topology(self, node: str) -> None:
+        if isinstance(self.api, FakeKubeApi):
+            self.api.delete_topology(self.node(node))
+        else:
+            self.api.request("DELETE", f"{GPUTOPOLOGY_PATH}/{self.node(node)}")
+
+    def _real(self, pod: dict[str, Any]) -> dict[str, Any]:
+        p = json.loads(json.dumps(pod))
+        p["metadata"]["namespace"] = self.namespace
+        if p["spec"].get("nodeName"):
+            p["spec"]["nodeName"] = self.node(p["spec"]["nodeName"])
+        return p
+
+    def add_pod(self, pod: dict[str, Any]) -> None:
+        p = self._real(pod)
+        if isinstance(self.api, FakeKubeApi):
+            self.api.put_pod(p)
+            return
+        p["metadata"].pop("uid")
+        p.pop("status", None)
+        made = self.api.request("POST", f"/api/v1/namespaces/{self.namespace}/pods", body=p)
+        pod["metadata"]["uid"] = made["metadata"]["uid"]
+
+    def set_phase(self, pod: dict[str, Any], phase: str) -> None:
+        pod["status"]["phase"] = phase
+        if isinstance(self.api, FakeKubeApi):
+            self.api.put_pod(self._real(pod))
+            return
+        self.api.request(
+            "PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}/status",
+            body={"status": {"phase": phase}}, content_type="application/merge-patch+json")
+
+    def delete_pod(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        if isinstance(self.api, FakeKubeApi):
+            self.api.delete_pod(self.namespace, name)
+            return
+        self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{name}",
+                         query={"gracePeriodSeconds": "0"})
+
+    async def new_cluster(self) -> Cluster:
+        c = KubeCluster(self.api, watch_timeout_s=2, backoff_s=(0.05,))
+        await c.start()
+        self.live.append(c)
+        return c
+
+    async def cleanup(self) -> None:
+        for c in self.live:
+            await c.stop()
+        if isinstance(self.api, FakeKubeApi):
+            return
+        for node in self.nodes:
+            with contextlib.suppress(ApiError):  # already deleted by the test
+                self.api.request("DELETE", f"{GPUTOPOLOGY_PATH}/{self.node(node)}")
+        self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}")
+
+
+def _real_driver() -> KubeDriver:
+    api = load_api(kubeconfig=KUBECONFIG, in_cluster=False)
+    namespace = f"gputopo-test-{uuid.uuid4().hex[:6]}"
+    api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    try:
+        api.request("GET", GPUTOPOLOGY_PATH)
+    except ApiError:
+        api.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                    body=_CRD)
+        time.sleep(3)
+    return KubeDriver(api, "kubernetes", namespace)
+
+
+_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "gputopologies.gputopo.io"},
+    "spec": {"group": "gputopo.io", "scope": "Cluster",
+             "names": {"plural": "gputopologies", "singular": "gputopology",
+                       "kind": "GPUTopology"},
+             "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {
+                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+SOURCES = [
+    pytest.param("memory", id="memory"),
+    pytest.param("fake-api", id="fake-api"),
+    pytest.param("kubernetes", id="kubernetes", marks=pytest.mark.skipif(
+        not KUBECONFIG, reason="set GPUTOPO_TEST_KUBECONFIG to a kubeconfig to run the "
+                               "contract against a real API server")),
+]
+
+
+@pytest.fixture(params=SOURCES)
+async def driver(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        d: Any = MemoryDriver()
+    elif request.param == "fake-api":
+        d = KubeDriver(FakeKubeApi(), "fake-api", "default")
+    else:
+        d = _real_driver()
+    try:
+        yield d
+    finally:
+        await d.cleanup()
+
+
+async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def free(cluster: Cluster, driver: Any, node: str) -> list[int]:
+    name = driver.node(node) if isinstance(driver, KubeDriver) else node
+    n = cluster.state.nodes.get(name)
+    return [] if n is None else [i for i in range(n.topology.size) if n.free_mask >> i & 1]
+
+
+def has(cluster: Cluster, driver: Any, node: str) -> bool:
+    name = driver.node(node) if isinstance(driver, KubeDriver) else node
+    return name in cluster.state.nodes
+
+
+def seed(driver: Any) -> dict[str, dict[str, Any]]:
+    driver.add_topology("n1", "hgx-h100")
+    driver.add_topology("n2", "dgx1-v100")
+    pods = {
+        "a": gpu_pod("a", gpus=2, node="n1", uid="uid-a",
+                     annotations={ASSIGNED_GPUS_ANNOTATION: ids(0, 1)}),
+        # the plugin's record of what the kubelet gave wins over the assignment
+        "b": gpu_pod("b", gpus=1, node="n1", uid="uid-b",
+                     annotations={ASSIGNED_GPUS_ANNOTATION: ids(2),
+                                  ALLOCATED_GPUS_ANNOTATION: ids(3)}),
+        # not bound: holds nothing even with an assignment
+        "c": gpu_pod("c", gpus=1, uid="uid-c", annotations={ASSIGNED_GPUS_ANNOTATION: ids(7)}),
+        "d": gpu_pod("d", gpus=4, node="n2", uid="uid-d",
+                     annotations={ASSIGNED_GPUS_ANNOTATION: ids(4, 5, 6, 7)}),
+    }
+    for p in pods.values():
+        driver.add_pod(p)
+    return pods
+
+
+async def test_sync_reads_what_pods_hold(driver: Any) -> None:
+    seed(driver)
+    cluster = await driver.new_cluster()
+    await until(lambda: cluster.readiness()[0])
+    assert free(cluster, driver, "n1") == [2, 4, 5, 6, 7]
+    assert free(cluster, driver, "n2") == [0, 1, 2, 3]
+
+
+async def test_changes_are_followed(driver: Any) -> None:
+    pods = seed(driver)
+    cluster = await driver.new_cluster()
+    await until(lambda: cluster.readiness()[0])
+    e = gpu_pod("e", gpus=2, node="n1", uid="uid-e",
+                annotations={ASSIGNED_GPUS_ANNOTATION: ids(6, 7)})
+    driver.add_pod(e)
+    await until(lambda: free(cluster, driver, "n1") == [2, 4, 5])
+    driver.set_phase(pods["a"], "Succeeded")
+    await until(lambda: free(cluster, driver, "n1") == [0, 1, 2, 4, 5])
+    driver.delete_pod(e)
+    await until(lambda: free(cluster, driver, "n1") == [0, 1, 2, 4, 5, 6, 7])
+    driver.delete_topology("n2")
+    await until(lambda: not has(cluster, driver, "n2"))
+    driver.add_topology("n3", "gb200-4gpu")
+    await until(lambda: free(cluster, driver, "n3") == [0, 1, 2, 3])
+
+
+async def test_a_restart_rebuilds_everything(driver: Any) -> None:
+    pods = seed(driver)
+    first = await driver.new_cluster()
+    await until(lambda: first.readiness()[0])
+    driver.delete_pod(pods["d"])
+    await until(lambda: free(first, driver, "n2") == list(range(8)))
+    second = await driver.new_cluster()
+    await until(lambda: second.readiness()[0])
+    assert second.state.summary() == first.state.summary()
+    assert {u: h.ids for u, h in second.state.holdings.items()} == {
+        u: h.ids for u, h in first.state.holdings.items()}
+
+
+async def test_assign_and_bind_write_the_pod(driver: Any) -> None:
+    driver.add_topology("n1", "hgx-h100")
+    pod = gpu_pod("w", gpus=2, uid="uid-w")
+    driver.add_pod(pod)
+    cluster = await driver.new_cluster()
+    await until(lambda: cluster.readiness()[0])
+    ns, uid = driver.namespace, pod["metadata"]["uid"]
+    node = driver.node("n1") if isinstance(driver, KubeDriver) else "n1"
+    await cluster.assign(ns, "w", uid, ids(4, 5))
+    await cluster.bind(ns, "w", uid, node)
+    got = await cluster.get_pod(ns, "w", uid)
+    assert got is not None
+    assert got["spec"]["nodeName"] == node
+    assert got["metadata"]["annotations"][ASSIGNED_GPUS_ANNOTATION] == ids(4, 5)
+    await until(lambda: free(cluster, driver, "n1") == [0, 1, 2, 3, 6, 7])
+    # binding again to the same node is fine (a retry); elsewhere is refused
+    await cluster.bind(ns, "w", uid, node)
+    with pytest.raises(ClusterError):
+        await cluster.bind(ns, "w", uid, f"{node}-other")
+    assert await cluster.get_pod(ns, "nope", "uid-nope") is None

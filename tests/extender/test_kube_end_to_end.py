@@ -1,0 +1,144 @@
+"""API mode end to end: the extender's own command-line wiring (kubeconfig, Lease, watches)
+against an API server over real HTTP, and kube-scheduler-like calls over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from extender.kube import ApiError, WatchExpired
+from extender.main import make_cluster, parse_args
+from topology.handoff import decode_gpu_sets, gputopology_object
+from topology.names import ASSIGNED_GPUS_ANNOTATION
+from topology.presets import preset
+
+from .fakekube import FakeKubeApi
+from .helpers import gpu_pod, serving, serving_app
+
+
+def api_server(fake: FakeKubeApi) -> web.Application:
+    """FakeKubeApi behind HTTP, as the kubernetes client talks to an API server.
+
+    Blocking watch steps run on a pool of their own, so they never starve the default
+    executor that the extender (on the same event loop) uses for its API calls.
+    """
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fake-apiserver")
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        assert request.headers.get("Authorization") == "Bearer test-token"
+        raw = await request.read()
+        body = json.loads(raw) if raw else None
+        query = dict(request.query)
+        if query.pop("watch", None) == "true":
+            # like an API server ending watches early: the client must watch again
+            query["timeoutSeconds"] = "1"
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            it: Iterator[dict[str, Any]] = fake.watch(request.path, query=query)
+
+            def step() -> dict[str, Any] | None:
+                try:
+                    return next(it, None)
+                except WatchExpired as e:
+                    return {"type": "ERROR", "object": {"code": 410, "message": str(e)}}
+
+            loop = asyncio.get_running_loop()
+            while (event := await loop.run_in_executor(pool, step)) is not None:
+                await resp.write(json.dumps(event).encode() + b"\n")
+                if event["type"] == "ERROR":
+                    break
+            await resp.write_eof()
+            return resp
+        try:
+            result = fake.request(request.method, request.path, query=query, body=body)
+        except ApiError as e:
+            return web.json_response({"kind": "Status", "code": e.status,
+                                      "message": str(e)}, status=e.status)
+        return web.json_response(result)
+
+    async def close_pool(_: web.Application) -> None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    app.on_cleanup.append(close_pool)
+    return app
+
+
+async def until(check: Callable[[], Any], timeout: float = 60.0,
+                why: Callable[[], Any] | None = None) -> None:
+    end = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not reached in time: {await why() if why else ''}")
+        await asyncio.sleep(0.05)
+
+
+async def test_api_mode_filters_binds_and_elects_a_leader(tmp_path: Path) -> None:
+    fake = FakeKubeApi()
+    fake.put_topology(gputopology_object("gpu-a", preset("dgx1-v100")))
+    fake.put_topology(gputopology_object("gpu-b", preset("pcie-8gpu-sys")))
+    pod = gpu_pod("trainer", gpus=4, annotations={"gputopo.io/min-link": "nvlink",
+                                                  "gputopo.io/link-policy": "required"})
+    fake.put_pod(pod)
+    async with serving_app(api_server(fake)) as api_url:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "t",
+            "clusters": [{"name": "t", "cluster": {"server": api_url}}],
+            "users": [{"name": "t", "user": {"token": "test-token"}}],
+            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+        }))
+        cfg = parse_args(["--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
+                          "--port", "0", "--lease-namespace", "gputopo-system",
+                          "--identity", "replica-1", "--retry-period", "0.2"])
+        cluster = make_cluster(cfg)
+        async with serving(cluster, cfg) as url, aiohttp.ClientSession() as s:
+
+            async def ready() -> bool:
+                async with s.get(f"{url}/readyz") as r:
+                    return r.status == 200
+
+            async def readyz() -> Any:
+                async with s.get(f"{url}/readyz") as r:
+                    return await r.json(), fake.requests[-5:]
+
+            await until(ready, why=readyz)
+            lease = fake.leases[("gputopo-system", "gputopo-extender")]
+            assert lease["spec"]["holderIdentity"] == "replica-1"
+
+            body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": ["gpu-a", "gpu-b"]})
+            async with s.post(f"{url}/filter", data=body) as r:
+                answer = await r.json()
+            assert answer["NodeNames"] == ["gpu-a"]
+            assert "no NVLink ring of 4" in answer["FailedAndUnresolvableNodes"]["gpu-b"]
+
+            bind = json.dumps({"PodName": "trainer", "PodNamespace": "default",
+                               "PodUID": pod["metadata"]["uid"], "Node": "gpu-a"})
+            async with s.post(f"{url}/bind", data=bind) as r:
+                assert await r.json() == {"Error": ""}
+            stored = fake.pods[("default", "trainer")]
+            assert stored["spec"]["nodeName"] == "gpu-a"
+            sets = decode_gpu_sets(ASSIGNED_GPUS_ANNOTATION,
+                                   stored["metadata"]["annotations"][ASSIGNED_GPUS_ANNOTATION])
+            assert len(sets["main"]) == 4
+
+            # the watch brings the bound pod back; the node shows the 4 GPUs as used
+            async def used() -> bool:
+                async with s.get(f"{url}/topology/gpu-a") as r:
+                    view = await r.json()
+                return len(view["used"]) == 4 and view["pods"][0]["source"] == "assigned"
+
+            await until(used)
+        # on shutdown the Lease is released for the standby
+        assert fake.leases[("gputopo-system", "gputopo-extender")]["spec"][
+            "holderIdentity"] == ""

@@ -1,0 +1,205 @@
+"""Configuration, the cluster file, the command line, and the manifests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from extender.app import ConfigError, build_app
+from extender.config import ExtenderConfig, validate
+from extender.filesource import ClusterFileError, file_cluster, parse_cluster
+from extender.main import main, parse_args
+from extender.request import GpuRequest
+
+from .helpers import RECORDED, memory_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+
+
+def test_validate_lists_every_problem_with_its_path() -> None:
+    cfg = ExtenderConfig(port=70000, cluster_file="/nope.yaml", kubeconfig="/nope",
+                         tls_cert_file="/c.pem", max_body_bytes=10,
+                         resource_names=("gpu",), path_prefix="scheduler/",
+                         log_level="LOUD")
+    paths = {e.path for e in validate(cfg)}
+    assert paths >= {"port", "source", "cluster_file", "kubeconfig", "tls_cert_file", "tls",
+                     "max_body_bytes", "resource_names[0]", "path_prefix", "log_level"}
+    assert not validate(ExtenderConfig(in_cluster=True))
+    lease = ExtenderConfig(in_cluster=True, lease_duration_s=5, renew_deadline_s=10)
+    assert [e.path for e in validate(lease)] == ["lease"]
+
+
+def test_build_app_refuses_a_bad_config() -> None:
+    with pytest.raises(ConfigError, match="max_body_bytes"):
+        build_app(ExtenderConfig(max_body_bytes=1), memory_cluster([]))
+
+
+def test_parse_args_defaults_to_in_cluster() -> None:
+    cfg = parse_args(["--port", "9999"])
+    assert cfg.in_cluster and cfg.port == 9999 and cfg.source == "kubernetes"
+    cfg = parse_args(["--cluster-file", "x.yaml", "--resource-name", "a.io/gpu",
+                      "--path-prefix", "/scheduler", "--max-body-bytes", "2048"])
+    assert not cfg.in_cluster and cfg.resource_names == ("a.io/gpu",)
+    assert cfg.path_prefix == "/scheduler" and cfg.max_body_bytes == 2048
+
+
+def test_main_reports_config_errors_and_exits_2(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    assert main(["--cluster-file", str(tmp_path / "missing.yaml")]) == 2
+    assert "cluster_file" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n- {name: a, topology: no-such-preset}\n- {name: b}\n")
+    assert main(["--cluster-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "nodes[0].topology" in err and "nodes[1].topology" in err
+
+
+def test_cluster_file_errors_are_all_reported() -> None:
+    with pytest.raises(ClusterFileError) as e:
+        parse_cluster({"nodes": [
+            {"name": "a", "topology": "hgx-h100", "used": [0, 9, 0]},
+            {"name": "a", "topology": "hgx-h100"},
+            "x",
+        ], "pods": [{"namespace": "n", "name": "p", "node": "zz", "gpus": {"c": [0]}}]})
+    text = str(e.value)
+    for part in ("nodes[0].used[1]: 9 is not a GPU index 0..7", "nodes[0].used[2]: GPU 0",
+                 "nodes[1].name: node 'a' is listed twice", "nodes[2]: expected an object",
+                 "pods[0].node: 'zz'"):
+        assert part in text
+    with pytest.raises(ClusterFileError, match="'nodes' list"):
+        parse_cluster([1, 2])
+
+
+async def test_example_cluster_file_loads() -> None:
+    cluster = file_cluster(MANIFESTS / "examples" / "cluster.yaml")
+    await cluster.start()
+    s = cluster.state
+    assert set(s.nodes) == {"gpu-node-1", "gpu-node-2", "gpu-node-3"}
+    assert s.users("gpu-node-1") == {0: "cluster-file", 3: "cluster-file",
+                                     4: "ml/trainer-0", 5: "ml/trainer-0"}
+
+
+def test_topology_path_in_a_cluster_file_is_relative_to_it(tmp_path: Path) -> None:
+    from topology.presets import preset
+    from topology.serialize import dumps
+
+    (tmp_path / "topo").mkdir()
+    (tmp_path / "topo" / "m.json").write_text(dumps(preset("gb200-4gpu")))
+    (tmp_path / "c.yaml").write_text("nodes: [{name: a, topology: topo/m.json}]")
+    cluster = file_cluster(tmp_path / "c.yaml")
+    assert cluster.topologies["a"].size == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_command_serves_a_cluster_file_and_stops_on_sigterm() -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extender.main", "--cluster-file",
+         str(MANIFESTS / "examples" / "cluster.yaml"), "--host", "127.0.0.1",
+         "--port", str(port), "--path-prefix", "/scheduler"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            status, body = 0, dict[str, Any]()
+            with contextlib.suppress(OSError):  # not listening yet
+                status, body = _get(f"http://127.0.0.1:{port}/readyz")
+            if status == 200:
+                break
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "extender did not become ready"
+            time.sleep(0.1)
+        assert body["nodes"] == 3
+        if RECORDED.is_dir():
+            data = (RECORDED / "node-cache-capable.filter.request.json").read_bytes()
+        else:
+            data = json.dumps({"Pod": {"spec": {"containers": [{"name": "m", "resources": {
+                "limits": {"nvidia.com/gpu": "4"}}}]}},
+                "NodeNames": ["gpu-node-1", "gpu-node-2", "gpu-node-3"]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/scheduler/filter", data=data,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            answer = json.loads(r.read())
+        assert answer["NodeNames"] == ["gpu-node-1", "gpu-node-3"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "msg=serving host=127.0.0.1" in out
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_scheduler_config_matches_the_protocol_and_the_service() -> None:
+    (cm,) = _docs(MANIFESTS / "scheduler-config.yaml")
+    conf = yaml.safe_load(cm["data"]["config.yaml"])
+    assert conf["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert conf["percentageOfNodesToScore"] == 100
+    assert [p["schedulerName"] for p in conf["profiles"]] == ["gputopo-scheduler"]
+    (ext,) = conf["extenders"]
+    assert ext["nodeCacheCapable"] is True and ext["weight"] > 0
+    assert {ext[k] for k in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")} == {
+        "filter", "prioritize", "bind", "preempt"}
+    assert ext["managedResources"] == [{"name": "nvidia.com/gpu", "ignoredByScheduler": False}]
+    assert ext["httpTimeout"].endswith("s")
+    docs = {d["kind"]: d for d in _docs(MANIFESTS / "extender-deployment.yaml")}
+    svc = docs["Service"]
+    port = svc["spec"]["ports"][0]["port"]
+    assert ext["urlPrefix"] == (f"http://{svc['metadata']['name']}."
+                                f"{svc['metadata']['namespace']}.svc:{port}")
+    dep = docs["Deployment"]
+    assert dep["spec"]["replicas"] == 2
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    args = parse_args(c["args"])
+    assert args.in_cluster and args.port == c["ports"][0]["containerPort"]
+    rules = {(r["apiGroups"][0], r["resources"][0]): set(r["verbs"])
+             for r in docs["ClusterRole"]["rules"]}
+    assert rules[("", "pods")] >= {"get", "list", "watch", "patch"}
+    assert rules[("", "pods/binding")] == {"create"}
+    assert rules[("gputopo.io", "gputopologies")] >= {"get", "list", "watch"}
+    lease_verbs = {v for r in docs["Role"]["rules"] for v in r["verbs"]}
+    assert lease_verbs >= {"create", "get", "update"}
+    sched = {d["kind"]: d for d in _docs(MANIFESTS / "scheduler-deployment.yaml")}
+    cmd = sched["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--config=/etc/gputopo-scheduler/config.yaml" in cmd
+
+
+@pytest.mark.parametrize(("name", "total", "required"), [
+    ("pod-4gpu-nvlink-required.yaml", 4, True), ("pod-2gpu-preferred.yaml", 2, False)])
+def test_example_pods(name: str, total: int, required: bool) -> None:
+    (pod,) = _docs(MANIFESTS / "examples" / name)
+    assert pod["spec"]["schedulerName"] == "gputopo-scheduler"
+    r = GpuRequest.from_pod(pod)
+    assert r.total == total and r.required == required and r.min_link is not None
