@@ -23,7 +23,8 @@ import yaml
 
 from extender.memory import MemoryCluster
 from extender.request import PodRef
-from extender.state import FILE_SOURCE, ClusterState, Holding, gpu_ids
+from extender.state import FILE_SOURCE, ClusterState, Holding
+from topology.handoff import gpu_ids
 from topology.model import Topology, TopologyError
 from topology.sources import load_topology
 

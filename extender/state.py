@@ -22,6 +22,7 @@ from typing import Any, Final
 from extender.plan import Rejection, Verdict, place
 from extender.request import GpuRequest, PodRef
 from topology.allocate import Allocator, allocator_for, indices_of
+from topology.handoff import gpu_ids
 from topology.model import Topology
 from topology.serialize import dump
 
@@ -32,8 +33,6 @@ __all__ = [
     "ClusterState",
     "Holding",
     "NodeState",
-    "fake_gpu_uuid",
-    "gpu_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,23 +46,6 @@ UNKNOWN: Final = Rejection(reason="no GPU topology known for this node (yet)", u
 _SHAPES: Final = 512
 #: A resync list may predate a bind this process just made; keep such a holding this long.
 BIND_GRACE_S: Final = 120.0
-
-
-def fake_gpu_uuid(index: int) -> str:
-    """The stable id of GPU ``index`` on a node whose topology carries no UUIDs.
-
-    The same form as the device plugin's fake NVML, so the assigned annotation written
-    for a preset node names the devices a fake plugin advertises.
-
-    >>> fake_gpu_uuid(3)
-    'GPU-00000000-0000-0000-0000-000000000003'
-    """
-    return f"GPU-00000000-0000-0000-0000-{index:012d}"
-
-
-def gpu_ids(topology: Topology) -> tuple[str, ...]:
-    """The id of every GPU: its UUID, or :func:`fake_gpu_uuid` when it has none."""
-    return tuple(g.uuid or fake_gpu_uuid(g.index) for g in topology.gpus)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,10 +22,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from topology.handoff import gpu_ids
 from topology.links import LinkKind
 from topology.model import Topology
 
-__all__ = ["FakeNvml", "fake_uuid"]
+__all__ = ["FakeNvml"]
 
 _MIB: Final = 1024 * 1024
 _MAX_SWITCHES: Final = 6
@@ -47,15 +48,6 @@ _ERROR_TEXT: Final = {
     15: "GPU is lost",
     999: "Unknown Error",
 }
-
-
-def fake_uuid(index: int) -> str:
-    """``GPU-00000000-0000-0000-0000-0000000000NN``, NN = the index in decimal.
-
-    >>> fake_uuid(7)
-    'GPU-00000000-0000-0000-0000-000000000007'
-    """
-    return f"GPU-00000000-0000-0000-0000-0000000000{index:02d}"
 
 
 class NVMLError(Exception):
@@ -137,7 +129,7 @@ class FakeNvml:
         self.topology = topology
         self.driver_version = driver_version
         n = topology.size
-        self.uuids = tuple(g.uuid or fake_uuid(g.index) for g in topology.gpus)
+        self.uuids = gpu_ids(topology)
         self.bus_ids = tuple(
             g.pci_bus_id or f"00000000:{0x10 + g.index:02X}:00.0" for g in topology.gpus
         )

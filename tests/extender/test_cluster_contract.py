@@ -22,8 +22,7 @@ import pytest
 from extender.cluster import Cluster, ClusterError
 from extender.kube import GPUTOPOLOGY_PATH, ApiError, KubeApi, KubeCluster, load_api
 from extender.memory import MemoryCluster
-from extender.state import fake_gpu_uuid
-from topology.handoff import gputopology_object
+from topology.handoff import gputopology_object, stable_gpu_uuid
 from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
@@ -34,7 +33,7 @@ KUBECONFIG = os.environ.get("GPUTOPO_TEST_KUBECONFIG")
 
 
 def ids(*indices: int) -> str:
-    return json.dumps({"main": [fake_gpu_uuid(i) for i in indices]})
+    return json.dumps({"main": [stable_gpu_uuid(i) for i in indices]})
 
 
 class MemoryDriver:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from extender.plan import Plan, Rejection, place
 from extender.request import GpuRequest, PodRef
-from extender.state import BIND_GRACE_S, ClusterState, Holding, fake_gpu_uuid, gpu_ids
+from extender.state import BIND_GRACE_S, ClusterState, Holding
 from topology.allocate import allocator_for, indices_of, mask_of
+from topology.handoff import gpu_ids, stable_gpu_uuid
 from topology.presets import preset
 
 from .helpers import gpu_pod
@@ -13,7 +14,7 @@ from .helpers import gpu_pod
 
 def holding(uid: str, node: str, indices: list[int], container: str = "main") -> Holding:
     return Holding(pod=PodRef(namespace="ns", name=uid, uid=uid), node=node,
-                   sets=((container, tuple(fake_gpu_uuid(i) for i in indices)),),
+                   sets=((container, tuple(stable_gpu_uuid(i) for i in indices)),),
                    source="assigned")
 
 
@@ -25,7 +26,7 @@ def state_with(name: str = "n1", topo: str = "dgx1-v100") -> ClusterState:
 
 def test_fake_ids_match_the_plugins_fake_nvml() -> None:
     # plugin/fakenvml.py: GPU-00000000-0000-0000-0000-0000000000NN
-    assert fake_gpu_uuid(7) == "GPU-00000000-0000-0000-0000-000000000007"
+    assert stable_gpu_uuid(7) == "GPU-00000000-0000-0000-0000-000000000007"
     assert gpu_ids(preset("gb200-4gpu"))[3] == "GPU-00000000-0000-0000-0000-000000000003"
 
 
@@ -172,7 +173,7 @@ def test_commit_keeps_what_the_watch_already_delivered() -> None:
     s = state_with()
     s.reserve(holding("p", "n1", [0, 1]))
     seen = Holding(pod=PodRef(namespace="ns", name="p", uid="p"), node="n1",
-                   sets=(("main", (fake_gpu_uuid(0), fake_gpu_uuid(1))),), source="allocated")
+                   sets=(("main", (stable_gpu_uuid(0), stable_gpu_uuid(1))),), source="allocated")
     s.hold(seen)
     assert s.commit("p", "bind") is seen
     assert s.holdings["p"].source == "allocated" and not s.reservations

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from plugin.api import deviceplugin_pb2 as pb
-from plugin.fakenvml import fake_uuid
+from topology.handoff import stable_gpu_uuid
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S, FakeKubelet, stream_to_queue
 
 ROOT = Path(__file__).resolve().parents[2]
-U = [fake_uuid(i) for i in range(8)]
+U = [stable_gpu_uuid(i) for i in range(8)]
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from plugin.fakenvml import FakeNvml, fake_uuid
+from plugin.fakenvml import FakeNvml
 from plugin.nvml import NvmlUnavailable, cpu_list, discover, normalize_bus_id, start_nvml
+from topology.handoff import stable_gpu_uuid
 from topology.links import Link
 from topology.model import Topology
 from topology.parse_nvsmi import parse_topo_matrix
@@ -42,7 +43,7 @@ def test_discovery_equals_the_parsed_matrix(path: Path) -> None:
     found, _ = _discovered(parsed)
     assert found == _as_discovered(parsed, found)
     assert found.fingerprint == parsed.fingerprint
-    assert [g.uuid for g in found.gpus] == [fake_uuid(i) for i in range(parsed.size)]
+    assert [g.uuid for g in found.gpus] == [stable_gpu_uuid(i) for i in range(parsed.size)]
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -7,14 +7,15 @@ import threading
 
 import pytest
 
-from plugin.fakenvml import FakeNvml, fake_uuid
+from plugin.fakenvml import FakeNvml
 from plugin.health import DEFAULT_IGNORED_XIDS, HealthEvent, HealthMonitor, parse_xids
 from plugin.nvml import start_nvml
+from topology.handoff import stable_gpu_uuid
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S
 
-U = [fake_uuid(i) for i in range(8)]
+U = [stable_gpu_uuid(i) for i in range(8)]
 
 
 class Clock:

@@ -11,15 +11,14 @@ import pytest
 
 from plugin.api import deviceplugin_pb2 as pb
 from plugin.cluster import InMemoryCluster, PodInfo
-from plugin.fakenvml import fake_uuid
-from topology.handoff import encode_gpu_sets
+from topology.handoff import encode_gpu_sets, stable_gpu_uuid
 from topology.names import ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S, FakeKubelet, StartPlugin, stream_to_queue, wait_until
 
 DGX1 = preset("dgx1-v100")
-ALL = [fake_uuid(i) for i in range(8)]
+ALL = [stable_gpu_uuid(i) for i in range(8)]
 
 
 def _preferred(stub: Any, available: list[str], size: int, must: Sequence[str] = ()) -> list[str]:

@@ -11,17 +11,16 @@ from typing import Any
 
 from plugin.api import deviceplugin_pb2 as pb
 from plugin.cluster import InMemoryCluster, PodInfo
-from plugin.fakenvml import fake_uuid
 from plugin.pods import entry_for
 from plugin.reconcile import plan
-from topology.handoff import decode_gpu_sets, encode_gpu_sets
+from topology.handoff import decode_gpu_sets, encode_gpu_sets, stable_gpu_uuid
 from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
 from .conftest import FakeKubelet, FakePodResources, StartPlugin, wait_until
 
 DGX1 = preset("dgx1-v100")
-U = [fake_uuid(i) for i in range(8)]
+U = [stable_gpu_uuid(i) for i in range(8)]
 
 
 def _pod(name: str, created: str, gpus: list[str]) -> PodInfo:

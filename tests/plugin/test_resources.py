@@ -10,7 +10,6 @@ from types import MappingProxyType
 import pytest
 
 from plugin.cluster import PodInfo
-from plugin.fakenvml import fake_uuid
 from plugin.pods import entry_for
 from plugin.resources import (
     AllocateOptions,
@@ -19,11 +18,11 @@ from plugin.resources import (
     TopologyResourceManager,
     assigned_candidates,
 )
-from topology.handoff import encode_gpu_sets
+from topology.handoff import encode_gpu_sets, stable_gpu_uuid
 from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
-U = [fake_uuid(i) for i in range(8)]
+U = [stable_gpu_uuid(i) for i in range(8)]
 DGX1 = preset("dgx1-v100").with_gpus(
     replace(g, uuid=U[g.index]) for g in preset("dgx1-v100").gpus)
 
