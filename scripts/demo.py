@@ -33,14 +33,16 @@ from topology.render import to_matrix_text  # noqa: E402
 
 # (name, GPUs per container, min-link, policy)
 PODS: list[tuple[str, list[int], str | None, str | None]] = [
-    ("train-a", [4], "nvlink", "required"),
-    ("train-b", [4], "nvlink", "required"),
     ("infer-a", [1], None, None),
-    ("pair-a", [2], "NV2", "required"),
-    ("pair-b", [2], "nvlink", "preferred"),
+    ("infer-b", [1], None, None),
+    ("train-8", [8], "nvlink", "required"),
+    ("train-4a", [4], "nvlink", "required"),
+    ("train-4b", [4], "nvlink", "required"),
+    ("pair-nv2", [2], "NV2", "required"),
+    ("pair-any", [2], "nvlink", "preferred"),
     ("two-workers", [2, 2], "nvlink", "required"),
-    ("big-8", [8], "nvlink", "required"),
-    ("quad-sys", [4], None, None),
+    ("quad-pcie", [4], None, None),
+    ("train-16", [16], "nvlink", "required"),
     ("bad-annotation", [2], "fast", "required"),
 ]
 
@@ -141,8 +143,12 @@ async def schedule(base: str) -> None:
                 state = await r.json()
             held = [g for g in state.get("gpus", []) if g.get("pod") == f"default/{name}"]
             gpus = ",".join(str(g["index"]) for g in held) or "?"
-            ranked = ", ".join(f"{n}={scores[n]}" for n in sorted(passed))
-            print(f"- {name} [{wish}] -> {node}, GPUs {gpus} (scores: {ranked})")
+            ranked = (", ".join(f"{n}={scores[n]}" for n in sorted(passed, key=scores.get,
+                                                                   reverse=True))
+                      if len(passed) > 1 else "the only node that passed")
+            link = state.get("assigned", {}).get(f"default/{name}", {}).get("ring_link")
+            print(f"- {name} [{wish}] -> {node}, GPUs {gpus}" + (f", ring {link}" if link else "")
+                  + f"\n    scores: {ranked}")
         section("what each node holds now (GET /topology)")
         async with http.get(f"{base}/topology") as r:
             cluster = await r.json()
@@ -154,7 +160,8 @@ async def schedule(base: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cluster-file", default=str(ROOT / "manifests/examples/cluster.yaml"))
+    ap.add_argument("--cluster-file",
+                    default=str(ROOT / "manifests/examples/demo-cluster.yaml"))
     ap.add_argument("--keep-running", action="store_true",
                     help="leave the extender serving (its page at /) until Ctrl-C")
     args = ap.parse_args()
