@@ -6,33 +6,40 @@ import json
 import logging
 from dataclasses import dataclass
 from itertools import compress
-from operator import attrgetter, countOf, not_
+from operator import attrgetter, countOf
 from typing import Any, Final
 
 from aiohttp import web
 
 from extender.context import CONTEXT
-from extender.plan import Rejection
+from extender.plan import Rejection, Verdict
 from extender.request import GpuRequest, RequestError, pod_ref
-from extender.state import UNKNOWN, Answer, ClusterState
+from extender.state import UNKNOWN, Answer, ClusterState, Key
 from extender.wire import (
     ExtenderFilterResult,
     FilterArgs,
     decode_extender_args,
     decode_json,
+    escape_names,
     json_response,
+    plain_names,
 )
 
-__all__ = ["UNKNOWN_NODE", "FilterOutcome", "decide", "encode", "handle"]
+__all__ = ["UNKNOWN_NODE", "FilterOutcome", "decide", "encode", "encode_names", "handle"]
 
 log = logging.getLogger(__name__)
 
 #: The message for a node whose topology is not known (yet).
 UNKNOWN_NODE: Final = UNKNOWN.reason
 
-_OK = attrgetter("ok")
-_UNRESOLVABLE = attrgetter("unresolvable")
 _REASON = attrgetter("reason")
+
+# A candidate's outcome, one byte per candidate: translate() to a 0/1 selector for
+# compress() and count() run at C speed over the whole candidate list.
+_PASSED, _FAILED, _UNRESOLVABLE, _UNKNOWN = 0, 1, 2, 3
+_PASSES: Final = bytes.maketrans(b"\0\1\2\3", b"\1\0\0\0")
+_FAILS: Final = bytes.maketrans(b"\0\1\2\3", b"\0\1\0\1")  # unknown nodes fail alone
+_UNRESOLVABLES: Final = bytes.maketrans(b"\0\1\2\3", b"\0\0\1\0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +47,41 @@ class FilterOutcome:
     passed: list[str]
     failed: dict[str, str]
     unresolvable: dict[str, str]
+
+
+class _Judged:
+    """Per pod shape and node key: the outcome code, and for a rejection the verdict and
+    its reason as a JSON fragment ``":"<reason>","`` (see :func:`_members`)."""
+
+    __slots__ = ("codes", "fragments", "rejections")
+
+    def __init__(self) -> None:
+        self.codes: dict[Key, int] = {}
+        self.rejections: dict[Key, Rejection] = {}
+        self.fragments: dict[Key, str] = {}
+
+    def add(self, key: Key, verdict: Verdict) -> None:
+        if isinstance(verdict, Rejection):
+            self.rejections[key] = verdict
+            self.fragments[key] = f'":{json.dumps(verdict.reason)},"'
+            self.codes[key] = (_UNKNOWN if key is None
+                               else _UNRESOLVABLE if verdict.unresolvable else _FAILED)
+        else:
+            self.codes[key] = _PASSED
+
+
+def _judge(
+    state: ClusterState, request: GpuRequest, names: list[str]
+) -> tuple[_Judged, list[Key], bytes]:
+    """Every candidate's outcome code: a dict lookup for its key and one for the code."""
+    judged = state.table(request, _Judged)
+    keys = state.keys_of(names)
+    try:
+        codes = bytes(map(judged.codes.__getitem__, keys))
+    except KeyError:  # node states not judged for this pod shape yet
+        state.judge_new(request, names, keys, judged.codes, judged.add)
+        codes = bytes(map(judged.codes.__getitem__, keys))
+    return judged, keys, codes
 
 
 def decide(state: ClusterState, request: GpuRequest, names: list[str]) -> FilterOutcome:
@@ -51,21 +93,70 @@ def decide(state: ClusterState, request: GpuRequest, names: list[str]) -> Filter
     """
     if request.empty:
         return FilterOutcome(passed=list(names), failed={}, unresolvable={})
-    _, verdicts = state.verdicts_for(request, names)
-    oks = list(map(_OK, verdicts))
-    passed = list(compress(names, oks))
-    failed: dict[str, str] = {}
-    unresolvable: dict[str, str] = {}
-    if len(passed) != len(names):
-        bad = list(map(not_, oks))
-        bad_names = list(compress(names, bad))
-        bad_verdicts: list[Rejection] = list(compress(verdicts, bad))  # type: ignore[arg-type]
-        if any(map(_UNRESOLVABLE, bad_verdicts)):
-            for name, v in zip(bad_names, bad_verdicts, strict=True):
-                (unresolvable if v.unresolvable else failed)[name] = v.reason
-        else:
-            failed = dict(zip(bad_names, map(_REASON, bad_verdicts), strict=True))
-    return FilterOutcome(passed=passed, failed=failed, unresolvable=unresolvable)
+    judged, keys, codes = _judge(state, request, names)
+
+    def reasons(selector: bytes) -> dict[str, str]:
+        bad = map(judged.rejections.__getitem__, compress(keys, selector))
+        return dict(zip(compress(names, selector), map(_REASON, bad), strict=True))
+
+    return FilterOutcome(
+        passed=list(compress(names, codes.translate(_PASSES))),
+        failed=reasons(codes.translate(_FAILS)),
+        unresolvable=reasons(codes.translate(_UNRESOLVABLES)) if _UNRESOLVABLE in codes
+        else {},
+    )
+
+
+def encode_names(state: ClusterState, request: GpuRequest, names: list[str]) -> Answer | None:
+    """The answer to a ``NodeNames`` request, encoded from pre-encoded fragments.
+
+    The same bytes as ``json.dumps(encode(args, decide(...)))`` (tested), without a dict
+    per answer or escaping a reason per node: the candidates' names are joined as they
+    are when they need no escaping (node names never do), and every rejection's reason
+    was encoded once, when its verdict was made. None for what it does not do: a pod
+    without GPUs, or a name given twice (``FailedNodes`` is a map).
+    """
+    if request.empty:
+        return None
+    judged, keys, codes = _judge(state, request, names)
+    fails = codes.translate(_FAILS)
+    passed = list(compress(names, codes.translate(_PASSES)))
+    failed = list(compress(names, fails))
+    failed_fragments = list(map(judged.fragments.__getitem__, compress(keys, fails)))
+    unresolvable: list[str] = []
+    unresolvable_fragments: list[str] = []
+    if _UNRESOLVABLE in codes:
+        sel = codes.translate(_UNRESOLVABLES)
+        unresolvable = list(compress(names, sel))
+        unresolvable_fragments = list(map(judged.fragments.__getitem__, compress(keys, sel)))
+    if len(set(failed)) != len(failed) or len(set(unresolvable)) != len(unresolvable):
+        return None
+    if not plain_names(names):
+        passed = escape_names(passed)
+        failed = escape_names(failed)
+        unresolvable = escape_names(unresolvable)
+    body = "".join([
+        '{"Nodes":null,"NodeNames":[', '"' if passed else "", '","'.join(passed),
+        '"],"FailedNodes":{' if passed else '],"FailedNodes":{',
+        *_members(failed, failed_fragments), '},"FailedAndUnresolvableNodes":{',
+        *_members(unresolvable, unresolvable_fragments), '},"Error":""}',
+    ])
+    return Answer(body=body.encode(), counts=(
+        len(passed), codes.count(_FAILED), codes.count(_UNKNOWN), len(unresolvable)))
+
+
+def _members(names: list[str], fragments: list[str]) -> list[str]:
+    """The members of a JSON object of strings, as pieces to join: name (escaped),
+    fragment ``":"<value>","`` (opening the next name), name, ..., the last fragment cut
+    after its value."""
+    if not names:
+        return []
+    parts = [""] * (2 * len(names) + 1)
+    parts[0] = '"'
+    parts[1::2] = names
+    parts[2::2] = fragments
+    parts[-1] = parts[-1][:-2]
+    return parts
 
 
 def encode(args: FilterArgs, out: FilterOutcome) -> ExtenderFilterResult:
@@ -92,6 +183,10 @@ def error_result(message: str) -> ExtenderFilterResult:
 
 def _answer(state: ClusterState, request: GpuRequest, args: FilterArgs) -> Answer:
     def compute() -> Answer:
+        if args.by_name and args.node_list is None:
+            fast = encode_names(state, request, args.names)
+            if fast is not None:
+                return fast
         out = decide(state, request, args.names)
         unknown = countOf(out.failed.values(), UNKNOWN_NODE) if out.failed else 0
         return Answer(

@@ -25,18 +25,16 @@ scores 0 everywhere (the extender adds nothing). The scheduler adds
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from itertools import chain
+from typing import Final
 
 from aiohttp import web
 
 from extender.context import CONTEXT
-from extender.plan import Plan
+from extender.plan import Plan, Verdict
 from extender.request import GpuRequest, RequestError, pod_ref
-from extender.state import Answer, ClusterState
-from extender.wire import HostPriority, decode_extender_args, decode_json
+from extender.state import Answer, ClusterState, Key
+from extender.wire import HostPriority, decode_extender_args, decode_json, escape_names, plain_names
 from topology.names import MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY
 
 __all__ = ["WEIGHTS", "encode", "handle", "host_priorities", "normalize", "score", "scores"]
@@ -62,46 +60,104 @@ def score(plan: Plan, best_ring_gbps: float, best_pair_gbps: float) -> int:
     return normalize(wm * m + wr * r + wa * a + wl * plan.left_ratio)
 
 
+class _Ranked:
+    """Per pod shape and node key: the plan and its figures, and the scores (with their
+    JSON tails) for the best figures last on offer."""
+
+    __slots__ = ("best", "pairs", "plans", "rings", "scores", "seen", "tails")
+
+    def __init__(self) -> None:
+        self.seen: set[Key] = set()
+        self.plans: dict[Key, Plan] = {}
+        self.rings: dict[Key, float] = {}
+        self.pairs: dict[Key, float] = {}
+        self.best: tuple[float, float] | None = None
+        self.scores: dict[Key, int] = {}
+        self.tails: dict[Key, str] = {}
+
+    def add(self, key: Key, verdict: Verdict) -> None:
+        self.seen.add(key)
+        if isinstance(verdict, Plan):
+            self.plans[key] = verdict
+            self.pairs[key] = verdict.pair_gbps
+            if verdict.ring_gbps is not None:
+                self.rings[key] = verdict.ring_gbps
+
+
+def _rank(
+    state: ClusterState, request: GpuRequest, names: list[str]
+) -> tuple[list[Key], set[Key], _Ranked]:
+    """Every candidate's key, and the scores by key of those keys; computed once per
+    node state while the best figures among the candidates stay the same."""
+    ranked = state.table(request, _Ranked)
+    keys = state.keys_of(names)
+    distinct = set(keys)
+    if not distinct <= ranked.seen:
+        state.judge_new(request, names, keys, ranked.seen, ranked.add)
+    rings, pairs = ranked.rings, ranked.pairs
+    best = (max(map(rings.__getitem__, distinct.intersection(rings)), default=0.0),
+            max(map(pairs.__getitem__, distinct.intersection(pairs)), default=0.0))
+    if best != ranked.best:
+        ranked.best = best
+        ranked.scores.clear()
+        ranked.tails.clear()
+    for k in distinct.difference(ranked.scores):
+        plan = ranked.plans.get(k)
+        value = MIN_EXTENDER_PRIORITY if plan is None else score(plan, *best)
+        ranked.scores[k] = value
+        ranked.tails[k] = _TAILS[value]
+    return keys, distinct, ranked
+
+
 def scores(state: ClusterState, request: GpuRequest, names: list[str]) -> list[int]:
     """The score of every candidate, in request order; computed once per node state."""
     if request.empty:
         return [MIN_EXTENDER_PRIORITY] * len(names)
-    keys, verdicts = state.verdicts_for(request, names)
-    distinct = dict(zip(keys, verdicts, strict=True))
-    plans = [v for v in distinct.values() if isinstance(v, Plan)]
-    best_ring = max((p.ring_gbps for p in plans if p.ring_gbps is not None), default=0.0)
-    best_pair = max((p.pair_gbps for p in plans), default=0.0)
-    # Scores per node state, kept while the best figures on offer stay the same.
-    memo = state.scratch.setdefault(("scores", request.shape), {})
-    by_key = memo.get((best_ring, best_pair))
-    if by_key is None:
-        memo.clear()
-        by_key = memo[(best_ring, best_pair)] = {}
-    for k in distinct.keys() - by_key.keys():
-        v = distinct[k]
-        by_key[k] = (score(v, best_ring, best_pair) if isinstance(v, Plan)
-                     else MIN_EXTENDER_PRIORITY)
-    return list(map(by_key.__getitem__, keys))
+    keys, _, ranked = _rank(state, request, names)
+    return list(map(ranked.scores.__getitem__, keys))
 
 
 def host_priorities(names: list[str], values: list[int]) -> list[HostPriority]:
     return [{"Host": n, "Score": s} for n, s in zip(names, values, strict=True)]
 
 
-_SAFE_NAMES = re.compile(r"[a-z0-9.\-\n]*")
-_HOST = '{"Host":"'
-_TAILS = tuple(f'","Score":{s}}},' for s in range(MAX_EXTENDER_PRIORITY + 1))
+# The HostPriorityList is written as: '[{"Host":"' name tail name tail ... where a tail
+# closes one entry and opens the next; the last one closes the list instead.
+_OPEN: Final = '[{"Host":"'
+_TAILS: Final = tuple(f'","Score":{s}}},{{"Host":"' for s in range(MAX_EXTENDER_PRIORITY + 1))
+_CUT: Final = len(',{"Host":"')
+
+
+def _body(names: list[str], tails: list[str]) -> bytes:
+    """``names`` (plain or escaped) and their tails as the JSON HostPriorityList."""
+    if not names:
+        return b"[]"
+    parts = [""] * (2 * len(names) + 1)
+    parts[0] = _OPEN
+    parts[1::2] = names
+    parts[2::2] = tails
+    parts[-1] = parts[-1][:-_CUT] + "]"
+    return "".join(parts).encode()
 
 
 def encode(names: list[str], values: list[int]) -> bytes:
-    """The HostPriorityList as JSON. Node names (DNS subdomains) need no escaping, so
-    the common case is formatted directly, without a dict per node; anything else goes
-    through ``json.dumps``."""
-    if names and _SAFE_NAMES.fullmatch("\n".join(names)):
-        text = "".join(chain.from_iterable(zip(
-            map(_HOST.__add__, names), map(_TAILS.__getitem__, values), strict=True)))
-        return ("[" + text[:-1] + "]").encode()
-    return json.dumps(host_priorities(names, values), separators=(",", ":")).encode()
+    """The HostPriorityList as JSON: the same bytes as ``json.dumps`` of
+    :func:`host_priorities` (compact), without a dict per node."""
+    plain = names if plain_names(names) else escape_names(names)
+    return _body(plain, list(map(_TAILS.__getitem__, values)))
+
+
+def _answer(state: ClusterState, request: GpuRequest, names: list[str]) -> Answer:
+    """The encoded answer; counts: the first best node's index and its score."""
+    if request.empty:
+        values = scores(state, request, names)
+        return Answer(body=encode(names, values), counts=(0, 0) if names else (-1, 0))
+    keys, distinct, ranked = _rank(state, request, names)
+    tails = list(map(ranked.tails.__getitem__, keys))
+    best = max(map(ranked.scores.__getitem__, distinct), default=0)
+    top = tails.index(_TAILS[best]) if tails else -1
+    plain = names if plain_names(names) else escape_names(names)
+    return Answer(body=_body(plain, tails), counts=(top, best))
 
 
 async def handle(request: web.Request, body: bytes) -> web.Response:
@@ -114,12 +170,8 @@ async def handle(request: web.Request, body: bytes) -> web.Response:
         ext.metrics.pod_errors.labels("prioritize").inc()
         log.info("prioritize ignored pod=%s error=%r", pod_ref(args.pod), str(e))
         gpu = GpuRequest()
-    def compute() -> Answer:
-        values = scores(ext.state, gpu, args.names)
-        top = max(range(len(values)), key=values.__getitem__, default=-1)
-        return Answer(body=encode(args.names, values), counts=(top, values[top] if values else 0))
-
-    answer = ext.state.answer("prioritize", gpu, args.names, compute)
+    answer = ext.state.answer("prioritize", gpu, args.names,
+                              lambda: _answer(ext.state, gpu, args.names))
     if log.isEnabledFor(logging.DEBUG):
         top, best = answer.counts
         log.debug("prioritize pod=%s nodes=%d top=%s", pod_ref(args.pod), len(args.names),

@@ -5,9 +5,10 @@ threads hand their events over with ``call_soon_threadsafe``), so it needs no lo
 
 Per node it keeps ``(allocator, free_mask)`` ready, where the free mask already excludes
 the GPUs of bound pods *and* of decisions in flight (binds that have chosen a set but not
-finished). Filter and prioritize then cost one dict lookup per node: verdicts are cached
-per pod shape and ``(topology fingerprint, free mask)`` (named by a small int), and
-identical nodes share them.
+finished). Filter and prioritize then cost two dict lookups per node: verdicts are
+cached per pod shape and ``(topology fingerprint, free mask)`` (named by a small int, the
+node's key), identical nodes share them, and each verb keeps what it derives from a
+verdict (an outcome code and an encoded reason, a score) in a table of its own by key.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 from extender.plan import Rejection, Verdict, place
 from extender.request import GpuRequest, PodRef
@@ -32,6 +33,7 @@ __all__ = [
     "Answer",
     "ClusterState",
     "Holding",
+    "Key",
     "NodeState",
 ]
 
@@ -46,6 +48,10 @@ UNKNOWN: Final = Rejection(reason="no GPU topology known for this node (yet)", u
 _SHAPES: Final = 512
 #: A resync list may predate a bind this process just made; keep such a holding this long.
 BIND_GRACE_S: Final = 120.0
+
+#: A node key as filter and prioritize see it (``NodeState.key``); None: unknown node.
+Key = int | None
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,13 +130,15 @@ class ClusterState:
         #: node name -> its NodeState.key: what filter and prioritize look up.
         self.node_keys: dict[str, int] = {}
         self._key_ids: dict[tuple[str, int], int] = {}
-        #: Per-shape memos of the verbs (prioritize's scores); cleared with the verdicts.
+        #: Per-shape memos of the verbs (their last answers); cleared with the verdicts.
         self.scratch: dict[tuple[object, ...], dict[Any, Any]] = {}
         self.holdings: dict[str, Holding] = {}
         self.reservations: dict[str, Holding] = {}
         self._held_on: dict[str, set[str]] = {}
         self._reserved_on: dict[str, set[str]] = {}
         self._verdicts: dict[tuple[object, ...], dict[int, Verdict]] = {}
+        #: Per pod shape, the verbs' own tables by node key (see ``table``).
+        self._tables: dict[tuple[object, ...], dict[Callable[[], object], object]] = {}
         self._pods: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remembered = remembered_pods
         self._bound_at: dict[str, float] = {}
@@ -291,10 +299,12 @@ class ClusterState:
         if cache is None:
             if len(self._verdicts) >= _SHAPES:
                 self._verdicts.clear()
+                self._tables.clear()
                 self.scratch.clear()
             cache = self._verdicts[shape] = {}
         elif len(cache) >= _VERDICTS_PER_SHAPE:
             cache.clear()
+            self._tables.pop(shape, None)
         if None not in cache:
             cache[None] = UNKNOWN  # type: ignore[index]
         return cache
@@ -308,24 +318,35 @@ class ClusterState:
             v = cache[node.key] = place(node.allocator, node.free_mask, request)
         return v
 
-    def verdicts_for(
-        self, request: GpuRequest, names: list[str]
-    ) -> tuple[list[int | None], list[Verdict]]:
-        """Per name, in order: its node key (None: unknown node) and its verdict.
+    def table(self, request: GpuRequest, kind: Callable[[], _T]) -> _T:
+        """A verb's own table for pods of this shape, made by ``kind()`` the first time.
 
-        The hot path of filter and prioritize: two C-level ``map``s over dicts; only
-        node states never seen before for this pod shape are placed. An unknown node's
-        verdict is :data:`UNKNOWN`.
+        Filter and prioritize keep there what they derive from a verdict (an outcome
+        code, an encoded reason, a score), by node key, so that judging a candidate
+        costs a dict lookup or two. Tables go when the shape's verdicts do.
         """
-        cache: dict[Any, Verdict] = self.verdicts(request)
-        keys = list(map(self.node_keys.get, names))
-        found = list(map(cache.get, keys))
-        if None in found:
-            nodes = self.nodes
-            for i, v in enumerate(found):
-                if v is None:
-                    found[i] = self.judge(nodes[names[i]], request, cache)
-        return keys, found  # type: ignore[return-value]
+        tables = self._tables.setdefault(request.shape, {})
+        t = tables.get(kind)
+        if t is None:
+            t = tables[kind] = kind()
+        return cast(_T, t)
+
+    def keys_of(self, names: list[str]) -> list[Key]:
+        """Per name, in order, its node key (None: unknown node). One C-level ``map``."""
+        return list(map(self.node_keys.get, names))
+
+    def judge_new(
+        self, request: GpuRequest, names: list[str], keys: list[Key],
+        known: Container[Key], add: Callable[[Key, Verdict], None],
+    ) -> None:
+        """``add(key, verdict)`` once for each of ``keys`` (those of ``names``) not in
+        ``known``; ``add`` must make the key known. An unknown node's verdict is
+        :data:`UNKNOWN`; only node states never seen for this pod shape are placed."""
+        cache = self.verdicts(request)
+        nodes = self.nodes
+        for name, key in zip(names, keys, strict=True):
+            if key not in known:
+                add(key, UNKNOWN if key is None else self.judge(nodes[name], request, cache))
 
     def answer(
         self, verb: str, request: GpuRequest, names: list[str], compute: Callable[[], Answer]

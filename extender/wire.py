@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from json.encoder import encode_basestring_ascii
+from typing import Any, Final, TypedDict
 
 from aiohttp import web
 
@@ -36,7 +37,9 @@ __all__ = [
     "decode_extender_args",
     "decode_json",
     "decode_preemption_args",
+    "escape_names",
     "json_response",
+    "plain_names",
 ]
 
 
@@ -185,9 +188,12 @@ def decode_extender_args(data: Any) -> FilterArgs:
     if raw_names is not None:
         if not isinstance(raw_names, list):
             raise BadRequest(f"ExtenderArgs.NodeNames: expected a list, got {_kind(raw_names)}")
-        if not set(map(type, raw_names)) <= {str}:  # C speed over 5,000 names
-            i, name = next((i, n) for i, n in enumerate(raw_names) if type(n) is not str)
-            raise BadRequest(f"ExtenderArgs.NodeNames[{i}]: expected a string, got {_kind(name)}")
+        try:
+            "".join(raw_names)  # C speed over 5,000 names; fails on the first non-string
+        except TypeError:
+            i, name = next((i, n) for i, n in enumerate(raw_names) if not isinstance(n, str))
+            raise BadRequest(
+                f"ExtenderArgs.NodeNames[{i}]: expected a string, got {_kind(name)}") from None
         return FilterArgs(pod=pod, names=raw_names, by_name=True, node_list=node_list)
     return FilterArgs(pod=pod, names=from_items, by_name=False, node_list=node_list)
 
@@ -259,6 +265,22 @@ def json_response(data: Any, status: int = 200) -> web.Response:
         body=json.dumps(data, separators=(",", ":")).encode(),
         status=status, content_type="application/json",
     )
+
+
+#: The characters ``json.dumps`` writes as they are: printable ASCII but ``"`` and ``\\``.
+_PLAIN: Final = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+
+
+def plain_names(names: list[str]) -> bool:
+    """Whether every name is its own JSON string content (node names, DNS subdomains,
+    are): checked at C speed over all names at once, by deleting the plain characters."""
+    text = "".join(names)
+    return text.isascii() and not text.encode().translate(None, _PLAIN)
+
+
+def escape_names(names: list[str]) -> list[str]:
+    """Each name as ``json.dumps`` writes it inside the quotes (ASCII, escaped)."""
+    return [encode_basestring_ascii(n)[1:-1] for n in names]
 
 
 def bad_request(error: BadRequest | str) -> web.Response:

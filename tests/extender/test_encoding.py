@@ -1,0 +1,159 @@
+"""The fast encodings of filter and prioritize answers against plain ``json.dumps``.
+
+Filter's ``NodeNames`` answer and prioritize's HostPriorityList are joined from fragments
+encoded once (reasons per verdict, score tails); they must be the very bytes
+``json.dumps`` writes for the same outcome, whatever the node names and reasons hold
+(quotes, backslashes, control and non-ASCII characters), for unknown and repeated names.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extender import filter as filter_verb
+from extender import prioritize
+from extender.filesource import parse_cluster
+from extender.plan import Rejection
+from extender.request import GpuRequest
+from extender.state import ClusterState
+from extender.wire import FilterArgs, escape_names, plain_names
+
+from .helpers import gpu_pod
+
+PRESETS = ["dgx1-v100", "dgx-a100", "hgx-h100", "pcie-8gpu-sys", "pcie-4gpu-nvlink-pairs",
+           "gb200-4gpu", "nvswitch-16gpu"]
+SIZES = {"pcie-4gpu-nvlink-pairs": 4, "gb200-4gpu": 4, "nvswitch-16gpu": 16}
+ODD = ['we"ird', "back\\slash", "ünïcødé", "tab\there", "nl\nx", "\x7f", "😀", "a/b", ""]
+PODS = [
+    gpu_pod(gpus=4),
+    gpu_pod(gpus=2, annotations={"gputopo.io/min-link": "nvlink",
+                                 "gputopo.io/link-policy": "required"}),
+    gpu_pod(gpus=8, annotations={"gputopo.io/min-link": "nvlink"}),
+    gpu_pod(gpus={"x": 2, "y": 3}),
+    gpu_pod(gpus=0),
+]
+
+texts = st.text(st.characters(codec="utf-8"), max_size=12)
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def random_cluster(rng: random.Random, n: int, odd: bool) -> tuple[ClusterState, list[str]]:
+    names = [f"gpu-node-{i}" for i in range(n)]
+    if odd:
+        names += [f"{w}{i}" for i, w in enumerate(ODD)]
+    nodes = []
+    for name in names:
+        preset = rng.choice(PRESETS)
+        size = SIZES.get(preset, 8)
+        nodes.append({"name": name, "topology": preset,
+                      "used": sorted(rng.sample(range(size), rng.randint(0, size)))})
+    s = ClusterState()
+    f = parse_cluster({"nodes": nodes})
+    s.replace(f.topologies, f.holdings)
+    return s, names
+
+
+def candidates(rng: random.Random, names: list[str], *, unknown: bool,
+               twice: bool) -> list[str]:
+    out = rng.sample(names, rng.randint(0, len(names)))
+    if unknown:
+        out += ["ghost", 'gh"ost\\', "göst"]
+    if twice and out:
+        out.append(rng.choice(out))
+    rng.shuffle(out)
+    return out
+
+
+def reference_filter(s: ClusterState, r: GpuRequest, names: list[str]) -> bytes:
+    args = FilterArgs(pod={}, names=names, by_name=True)
+    return dumps(filter_verb.encode(args, filter_verb.decide(s, r, names)))
+
+
+def test_filter_fast_encoding_is_the_bytes_json_dumps_writes() -> None:
+    rng = random.Random(11)
+    checked = 0
+    for trial in range(60):
+        s, names = random_cluster(rng, rng.randint(0, 40), odd=trial % 2 == 0)
+        for pod in PODS:
+            r = GpuRequest.from_pod(pod)
+            for unknown in (False, True):
+                cands = candidates(rng, names, unknown=unknown, twice=trial % 5 == 0)
+                fast = filter_verb.encode_names(s, r, cands)
+                ref = reference_filter(s, r, cands)
+                if fast is None:  # a pod without GPUs, or a name given twice
+                    assert r.empty or len(set(cands)) < len(cands)
+                    continue
+                assert fast.body == ref
+                data = json.loads(fast.body)
+                assert len(data["NodeNames"]) == fast.counts[0]
+                assert len(data["FailedNodes"]) == fast.counts[1] + fast.counts[2]
+                assert len(data["FailedAndUnresolvableNodes"]) == fast.counts[3]
+                checked += 1
+    assert checked > 300
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(st.tuples(texts, texts, st.booleans(), st.booleans()), max_size=20))
+def test_filter_fast_encoding_escapes_any_names_and_reasons(
+    rows: list[tuple[str, str, bool, bool]],
+) -> None:
+    """Node names and rejection reasons of any text (injected into the verdict cache)."""
+    s = ClusterState()
+    f = parse_cluster({"nodes": [{"name": f"n{i}:{name}", "topology": "hgx-h100"}
+                                 for i, (name, _, _, _) in enumerate(rows)]})
+    s.replace(f.topologies, f.holdings)
+    r = GpuRequest.from_pod(gpu_pod(gpus=2))
+    cache = s.verdicts(r)
+    for k, (_, reason, unresolvable, _) in enumerate(rows):
+        cache[k + 1_000] = Rejection(reason=reason, unresolvable=unresolvable)
+    for i, (name, _, _, rejected) in enumerate(rows):
+        if rejected:  # give the node a key of its own, with the injected verdict
+            node = f"n{i}:{name}"
+            s.node_keys[node] = s.nodes[node].key = i + 1_000
+    names = [*s.node_keys, *(name for name, *_ in rows)]  # and the bare names: unknown
+    names = list(dict.fromkeys(names))
+    fast = filter_verb.encode_names(s, r, names)
+    assert fast is not None
+    assert fast.body == reference_filter(s, r, names)
+
+
+def test_filter_answer_falls_back_for_names_given_twice() -> None:
+    s, names = random_cluster(random.Random(3), 12, odd=True)
+    r = GpuRequest.from_pod(gpu_pod(gpus=4))
+    cands = names + names[:5] + ["ghost", "ghost"]
+    assert filter_verb.encode_names(s, r, cands) is None
+    args = FilterArgs(pod={}, names=cands, by_name=True)
+    assert filter_verb._answer(s, r, args).body == reference_filter(s, r, cands)
+
+
+def test_prioritize_fast_encoding_is_the_bytes_json_dumps_writes() -> None:
+    rng = random.Random(5)
+    for trial in range(60):
+        s, names = random_cluster(rng, rng.randint(0, 40), odd=trial % 2 == 0)
+        for pod in PODS:
+            r = GpuRequest.from_pod(pod)
+            for unknown in (False, True):
+                cands = candidates(rng, names, unknown=unknown, twice=trial % 5 == 0)
+                values = prioritize.scores(s, r, cands)
+                answer = prioritize._answer(s, r, cands)
+                assert answer.body == dumps(prioritize.host_priorities(cands, values))
+                top = max(range(len(values)), key=values.__getitem__, default=-1)
+                assert answer.counts == (top, values[top] if values else 0)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(texts, max_size=8))
+def test_plain_and_escaped_names_agree_with_json_dumps(names: list[str]) -> None:
+    quoted = [json.dumps(n) for n in names]
+    assert escape_names(names) == [q[1:-1] for q in quoted]
+    assert plain_names(names) == all(q == f'"{n}"' for n, q in zip(names, quoted, strict=True))
+    values = [len(n) % 11 for n in names]
+    assert prioritize.encode(names, values) == dumps(prioritize.host_priorities(names, values))
