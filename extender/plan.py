@@ -36,8 +36,12 @@ class Plan:
     pair_gbps: float
     #: Bandwidth among the node's free GPUs left after this pod.
     remainder_gbps: float
-    #: ``remainder_gbps`` over the bandwidth of the best set of as many GPUs on this
-    #: machine: 1 when what is left is as well connected as it could be (1 if < 2 left).
+    #: What the pod leaves behind, 0..1 (1: nothing of value cut). Mostly the class of
+    #: the best link the pod cuts between its GPUs and the free GPUs it leaves, against
+    #: the best link among the free GPUs before it: ``1 - rank(cut) / rank(best)``
+    #: (cutting only SYS links costs nothing; leaving the last GPU of an NVLink pair
+    #: alone costs all); then, as a quarter, the share of the free GPUs' bandwidth (less
+    #: the pod's own) that stays among the GPUs left. 1 for an exact fit.
     left_ratio: float
     #: Whether every container's set meets the pod's min-link (True when none asked).
     meets_min_link: bool
@@ -123,7 +127,7 @@ def _place(alloc: Allocator, free_mask: int, request: GpuRequest, link: Link | N
             for c in (request.exclusive or request.shared)
         ),
         remainder_gbps=remainder,
-        left_ratio=_left_ratio(alloc, rest, remainder),
+        left_ratio=_left_ratio(alloc, free_mask, mask, remainder),
         meets_min_link=True,
     )
 
@@ -207,14 +211,24 @@ def _remainder_gbps(alloc: Allocator, rest: int) -> float:
     return r.total_bandwidth_gbps if isinstance(r, Allocation) else 0.0
 
 
-def _left_ratio(alloc: Allocator, rest: int, remainder_gbps: float) -> float:
-    n = bin(rest).count("1")
-    if n < 2:
+#: Weight of the cut link's class in ``Plan.left_ratio``; the rest is the bandwidth share.
+_CUT_CLASS_WEIGHT = 0.75
+
+
+def _left_ratio(alloc: Allocator, free_mask: int, pod_mask: int, remainder_gbps: float) -> float:
+    """See ``Plan.left_ratio``."""
+    rest = free_mask & ~pod_mask
+    if not rest:
         return 1.0
-    best = alloc.best(n, alloc.full_mask)
-    if not isinstance(best, Allocation) or best.total_bandwidth_gbps <= 0:
-        return 1.0
-    return min(1.0, remainder_gbps / best.total_bandwidth_gbps)
+    link = alloc.topology.link
+    cut = max(link(i, j).rank for i in indices_of(pod_mask & free_mask) for j in indices_of(rest))
+    best_pair = alloc.best(2, free_mask)
+    best = best_pair.ring_link.rank if isinstance(best_pair, Allocation) \
+        and best_pair.ring_link is not None else 0
+    by_class = 1.0 if best <= 0 else max(0.0, 1.0 - cut / best)
+    spare = _remainder_gbps(alloc, free_mask) - _remainder_gbps(alloc, pod_mask & free_mask)
+    by_bandwidth = 1.0 if spare <= 0 else max(0.0, min(1.0, remainder_gbps / spare))
+    return _CUT_CLASS_WEIGHT * by_class + (1 - _CUT_CLASS_WEIGHT) * by_bandwidth
 
 
 def _reject(r: Infeasible, c: ContainerRequest, multi: bool) -> Rejection:

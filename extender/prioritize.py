@@ -13,10 +13,17 @@ The formula (one place, :func:`score`)::
   1 for pods of 1-GPU containers (no links).
 * ``A`` (all-to-all): the bandwidth between the GPUs of the set(s), divided by the best
   among the candidates.
-* ``L`` (left behind): the bandwidth among the node's free GPUs after this pod, divided
-  by the bandwidth of the best set of that many GPUs on the same machine. 1 when what is
-  left is as well connected as it could be (an NVLink quad kept whole), lower when the
-  pod would split the groups the next pods need; 1 when fewer than 2 GPUs are left.
+* ``L`` (left behind): what the pod leaves behind, 0..1. Three quarters: the class of
+  the best link the pod cuts between its GPUs and the free GPUs it leaves, against the
+  best link among the free GPUs before it: ``1 - rank(cut) / rank(best)`` (cutting only
+  SYS links costs nothing; leaving the last GPU of an NVLink pair alone costs all). One
+  quarter: the share of the free GPUs' bandwidth (less the pod's own) that stays among the
+  GPUs left. 1 for an exact fit, so partly used nodes rank above empty ones of the same
+  quality and whole machines stay free for whole-machine jobs.
+
+For pods of 1-GPU containers only, ``R`` and ``A`` carry nothing (no links), so their
+weight moves to ``L``: ``score = round(10 × (0.40·M + 0.60·L))``; a 1-GPU pod goes where
+it breaks the least: an orphan GPU before the half of an NVLink pair.
 
 Nodes that cannot take the pod, or have no known topology, score 0; a pod without GPUs
 scores 0 everywhere (the extender adds nothing). The scheduler adds
@@ -57,6 +64,9 @@ def score(plan: Plan, best_ring_gbps: float, best_pair_gbps: float) -> int:
     r = 1.0 if plan.ring_gbps is None or best_ring_gbps <= 0 else plan.ring_gbps / best_ring_gbps
     a = 1.0 if best_pair_gbps <= 0 else plan.pair_gbps / best_pair_gbps
     wm, wr, wa, wl = WEIGHTS
+    if plan.ring_gbps is None:
+        # 1-GPU containers only: no links to rank, so what is left behind decides.
+        wr, wa, wl = 0.0, 0.0, wr + wa + wl
     return normalize(wm * m + wr * r + wa * a + wl * plan.left_ratio)
 
 

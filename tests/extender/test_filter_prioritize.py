@@ -116,25 +116,46 @@ class ScoreCase:
     scores: dict[str, int]
 
 
+# L = 0.75 * (1 - rank(best link cut) / rank(best free link)) + 0.25 * (bandwidth share
+# kept). An empty 8-GPU NVSwitch node, 4-GPU pod: the pod cuts NV18 (= the best link) -> 0;
+# 6 pairs left of the 28 - 6 the pod does not use -> 6/22; L = 0.068, 0.15 * L = 0.010.
+# An empty all-SYS node: only SYS to cut -> 1; L = 0.75 + 0.25 * 6/22 = 0.818 -> 0.123.
 SCORE_CASES = [
-    # Both empty 8-GPU NVSwitch nodes: same ring (NV12 vs NV18 differ!). H100 NV18 ring =
-    # 450 GB/s, A100 NV12 = 300 GB/s. a: M=1, R=300/450, A=6*300/(6*450), L=1 ->
-    # 10*(0.4+0.3*0.667+0.15*0.667+0.15) = 8.5 -> 9 (half up); b: all 1 -> 10.
+    # H100 NV18 ring = 450 GB/s, A100 NV12 = 300 GB/s. a: M=1, R=A=300/450=0.667
+    # -> 10*(0.4+0.2+0.1+0.010) = 7.1 -> 7; b: R=A=1 -> 10*(0.4+0.3+0.15+0.010) = 8.6 -> 9.
     ScoreCase(name="faster NVLink scores higher",
               nodes={"a": ("dgx-a100", []), "b": ("hgx-h100", [])},
-              scores={"a": 9, "b": 10}),
-    # PCIe SYS ring = 6 GB/s vs 450: R ~ 0.013, A ~ 0.013, M=1 (no min-link asked), L=1
-    # -> 10*(0.4+0.004+0.002+0.15) = 5.56 -> 6
+              scores={"a": 7, "b": 9}),
+    # PCIe SYS ring = 6 GB/s vs 450: R = A = 0.013, M=1 (no min-link asked)
+    # -> 10*(0.4+0.004+0.002+0.123) = 5.3 -> 5
     ScoreCase(name="all-SYS node ranks low", nodes={"a": ("pcie-8gpu-sys", []),
                                                      "b": ("hgx-h100", [])},
-              scores={"a": 6, "b": 10}),
-    # Preferred NVLink not met on a: M=0 -> 10*(0+0.004+0.002+0.15) = 1.56 -> 2
+              scores={"a": 5, "b": 9}),
+    # Preferred NVLink not met on a: M=0 -> 10*(0+0.004+0.002+0.123) = 1.3 -> 1
     ScoreCase(name="unmet preference drops below every node that meets it",
               nodes={"a": ("pcie-8gpu-sys", []), "b": ("hgx-h100", [])},
-              annotations=NV_PREFERRED, scores={"a": 2, "b": 10}),
+              annotations=NV_PREFERRED, scores={"a": 1, "b": 9}),
     ScoreCase(name="nodes that fail score 0, unknown too",
               nodes={"a": ("hgx-h100", list(range(6))), "b": ("hgx-h100", [])},
-              scores={"a": 0, "b": 10, "ghost": 0}),
+              scores={"a": 0, "b": 9, "ghost": 0}),
+    # a has exactly 4 GPUs free: nothing left to cut, L=1 -> 10; b (empty) keeps 9: the
+    # pod packs onto the broken node and leaves the whole machine for a whole-machine job.
+    ScoreCase(name="an exact fit beats an empty node",
+              nodes={"a": ("hgx-h100", [0, 1, 2, 3]), "b": ("hgx-h100", [])},
+              scores={"a": 10, "b": 9}),
+    # 1-GPU pod: R and A carry nothing, score = 10*(0.4 + 0.6*L).
+    # ws: its last GPU loses its NV4 partner (the best link): L=0 -> 4.
+    # pairs (NV pairs 0-2,1-3,4-5,6-7; GPU1 used): GPU3 is an orphan, only SYS links are cut
+    # (class term 1), 36 of 1008 GB/s -> L = 0.75 + 0.25*0.964 = 0.991 -> 9.95 -> 10.
+    # sys (GPUs 3-7 free, all SYS): class term 1, 6 of 10 SYS pairs kept -> L = 0.9 -> 9.4
+    # -> 9. a100 (GPUs 5-7 free, NV12): NV12 cut -> 0, 1 of 3 pairs kept -> L = 0.083
+    # -> 4.5 -> 5 (half up).
+    ScoreCase(name="a 1-GPU pod takes an orphan, not half of an NVLink pair", gpus=1,
+              nodes={"ws": ("workstation-2gpu-nvlink", []),
+                     "pairs": ("pcie-8gpu-nvlink-pairs", [1]),
+                     "sys": ("pcie-8gpu-sys", [0, 1, 2]),
+                     "a100": ("dgx-a100", [0, 1, 2, 3, 4])},
+              scores={"ws": 4, "pairs": 10, "sys": 9, "a100": 5}),
 ]
 
 
