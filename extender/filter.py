@@ -203,12 +203,9 @@ def _answer(state: ClusterState, request: GpuRequest, args: FilterArgs) -> Answe
 async def handle(request: web.Request, body: bytes) -> web.Response:
     ext = request.app[CONTEXT]
     args = decode_extender_args(decode_json(body))
-    try:
-        gpu = GpuRequest.from_pod(args.pod, ext.cfg.resource_names)
-    except RequestError as e:
-        ext.metrics.pod_errors.labels("filter").inc()
-        log.info("filter rejected pod=%s error=%r", pod_ref(args.pod), str(e))
-        return json_response(error_result(str(e)))
+    gpu = ext.gpu_request("filter", args.pod)
+    if isinstance(gpu, RequestError):
+        return json_response(error_result(str(gpu)))  # the scheduler shows it on the pod
     if not gpu.empty:
         ext.cluster.note_pod(args.pod)
     answer = _answer(ext.state, gpu, args)

@@ -124,12 +124,9 @@ def _meta(uids: tuple[str, ...], pdb: int) -> MetaVictims:
 async def handle(request: web.Request, body: bytes) -> web.Response:
     ext = request.app[CONTEXT]
     args = decode_preemption_args(decode_json(body))
-    try:
-        gpu = GpuRequest.from_pod(args.pod, ext.cfg.resource_names)
-    except RequestError as e:
+    gpu = ext.gpu_request("preempt", args.pod)
+    if isinstance(gpu, RequestError):
         # No Error field in the preemption result: offer no candidates (nothing evicted).
-        ext.metrics.pod_errors.labels("preempt").inc()
-        log.info("preempt refused pod=%s error=%r", pod_ref(args.pod), str(e))
         result: ExtenderPreemptionResult = {"NodeNameToMetaVictims": {}}
         return json_response(result)
     kept = decide(ext.state, gpu, args.victims)

@@ -173,13 +173,9 @@ def _answer(state: ClusterState, request: GpuRequest, names: list[str]) -> Answe
 async def handle(request: web.Request, body: bytes) -> web.Response:
     ext = request.app[CONTEXT]
     args = decode_extender_args(decode_json(body))
-    try:
-        gpu = GpuRequest.from_pod(args.pod, ext.cfg.resource_names)
-    except RequestError as e:
-        # Prioritize has no Error field; the filter already told the pod. Score nothing.
-        ext.metrics.pod_errors.labels("prioritize").inc()
-        log.info("prioritize ignored pod=%s error=%r", pod_ref(args.pod), str(e))
-        gpu = GpuRequest()
+    gpu = ext.gpu_request("prioritize", args.pod)
+    if isinstance(gpu, RequestError):
+        gpu = GpuRequest()  # no Error field here; the filter told the pod. Score nothing.
     answer = ext.state.answer("prioritize", gpu, args.names,
                               lambda: _answer(ext.state, gpu, args.names))
     if log.isEnabledFor(logging.DEBUG):
