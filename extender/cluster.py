@@ -14,14 +14,12 @@ from typing import Any, Protocol
 from extender.request import pod_ref
 from extender.state import ClusterState, Holding
 from topology.handoff import HandoffError, decode_gpu_sets
-from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
+from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION, TERMINAL_PHASES
 
-__all__ = ["TERMINAL_PHASES", "Cluster", "ClusterError", "holding_from_pod"]
+__all__ = ["Cluster", "ClusterError", "holding_from_pod"]
 
 log = logging.getLogger(__name__)
 
-#: A pod in one of these phases holds nothing any more.
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 class ClusterError(Exception):

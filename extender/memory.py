@@ -14,10 +14,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from extender.cluster import TERMINAL_PHASES, Cluster, ClusterError, holding_from_pod
+from extender.cluster import Cluster, ClusterError, holding_from_pod
 from extender.state import ClusterState, Holding
 from topology.model import Topology
-from topology.names import ASSIGNED_GPUS_ANNOTATION
+from topology.names import ASSIGNED_GPUS_ANNOTATION, TERMINAL_PHASES
 
 __all__ = ["MemoryCluster", "apply_pod"]
 

@@ -18,12 +18,11 @@ import queue
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from topology.names import GPUTOPOLOGY_GROUP, GPUTOPOLOGY_KIND, GPUTOPOLOGY_VERSION
 
 __all__ = [
-    "TERMINAL_PHASES",
     "ClusterError",
     "InMemoryCluster",
     "NodeCluster",
@@ -34,8 +33,6 @@ __all__ = [
 
 PodKey = tuple[str, str]
 """(namespace, name)"""
-
-TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "RELIST", "SYNCED"]
 

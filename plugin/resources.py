@@ -22,10 +22,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal, Protocol
 
-from plugin.cluster import TERMINAL_PHASES, PodKey
+from plugin.cluster import PodKey
 from plugin.pods import PodEntry
 from topology.allocate import Allocation, allocator_for
 from topology.model import Topology
+from topology.names import TERMINAL_PHASES
 
 __all__ = [
     "CONTROL_DEVICES",

@@ -36,6 +36,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from topology.gpuids import indices_of, mask_of
 from topology.links import ANY_NVLINK, Link
 from topology.model import MAX_ALLOCATOR_GPUS, Topology
 
@@ -91,34 +92,6 @@ class Infeasible:
 
 
 Result = Allocation | Infeasible
-
-
-def mask_of(indices: Iterable[int]) -> int:
-    """Bit ``i`` set for every GPU index ``i``.
-
-    >>> mask_of([0, 3])
-    9
-    """
-    m = 0
-    for i in indices:
-        m |= 1 << i
-    return m
-
-
-def indices_of(mask: int) -> tuple[int, ...]:
-    """The GPU indices of a mask, ascending.
-
-    >>> indices_of(9)
-    (0, 3)
-    """
-    out = []
-    i = 0
-    while mask:
-        if mask & 1:
-            out.append(i)
-        mask >>= 1
-        i += 1
-    return tuple(out)
 
 
 def _subset_sums(values: list[int]) -> _IntArray:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from topology.gpuids import GpuIds, stable_gpu_uuid
 from topology.model import Topology, TopologyError
 from topology.names import GPUTOPOLOGY_GROUP, GPUTOPOLOGY_KIND, GPUTOPOLOGY_VERSION
 from topology.serialize import dump, load
@@ -26,21 +27,9 @@ __all__ = [
 ]
 
 
-def stable_gpu_uuid(index: int) -> str:
-    """The id of GPU ``index`` on a node whose topology carries no UUIDs (presets, files).
-
-    The extender writes it in the assigned annotation and the plugin's fake NVML
-    advertises it, so both name the same device; a person reading logs sees the index.
-
-    >>> stable_gpu_uuid(7)
-    'GPU-00000000-0000-0000-0000-000000000007'
-    """
-    return f"GPU-00000000-0000-0000-0000-{index:012d}"
-
-
 def gpu_ids(topology: Topology) -> tuple[str, ...]:
     """The id of every GPU: its UUID, or :func:`stable_gpu_uuid` when it has none."""
-    return tuple(g.uuid or stable_gpu_uuid(g.index) for g in topology.gpus)
+    return GpuIds.of(topology).ids
 
 
 class HandoffError(ValueError):

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_EXTENDER_PRIORITY",
     "MIN_EXTENDER_PRIORITY",
     "MIN_LINK_ANNOTATION",
+    "TERMINAL_PHASES",
 ]
 
 #: The extended resource kube-scheduler counts and the device plugin advertises.
@@ -61,3 +62,6 @@ LABEL_FINGERPRINT = f"{_PREFIX}/fingerprint"
 #: kube-scheduler extender score range (k8s.io/kube-scheduler/extender/v1).
 MIN_EXTENDER_PRIORITY = 0
 MAX_EXTENDER_PRIORITY = 10
+
+#: A pod in one of these phases holds no GPUs any more.
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
