@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench stubs extender plugin clean
+.PHONY: setup demo test e2e cluster-up cluster-down lint bench bench-scheduler stubs extender plugin clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ test: setup
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; [ $$rc -eq 0 ]
 	$(MAKE) --no-print-directory lint
 
+# The end-to-end suite alone: real kube-apiserver, kube-scheduler, controller-manager and
+# kubelets (built once from the k8s.io/kubernetes Go module; needs Go, etcd and root).
+e2e: setup
+	$(PY) -m pytest -q tests/e2e
+
+# A cluster to try things by hand (tests/e2e/cluster/up --help); stop it with cluster-down.
+cluster-up: setup
+	tests/e2e/cluster/up --dir /tmp/gputopo-e2e
+
+cluster-down:
+	tests/e2e/cluster/down --dir /tmp/gputopo-e2e
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict topology extender
@@ -32,6 +44,10 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_allocator.py
 	$(PY) benchmarks/bench_extender.py
+
+# The real kube-scheduler with and without the extender, 1,000 and 5,000 nodes (~15 min).
+bench-scheduler: setup
+	$(PY) benchmarks/bench_scheduler.py --nodes 1000,5000 --pods 2000
 
 stubs: setup
 	$(PY) -m plugin.api.generate
