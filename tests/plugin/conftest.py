@@ -21,14 +21,14 @@ from plugin.api import deviceplugin_pb2 as pb
 from plugin.api import deviceplugin_pb2_grpc as pb_grpc
 from plugin.api import podresources_pb2 as pr
 from plugin.api import podresources_pb2_grpc as pr_grpc
-from plugin.cluster import InMemoryCluster
 from plugin.config import PluginConfig
 from plugin.devkubelet import DevKubelet
-from plugin.fakenvml import FakeNvml
 from plugin.main import PluginApp, Timings
 from plugin.nvml import discover, start_nvml
 from plugin.podresources import PodResourcesClient
 from topology.presets import preset
+
+from .fakes import FaultyNvml, InMemoryCluster
 
 #: Guard against a hung test only; no test asserts how long anything takes.
 HANG_GUARD_S = 60.0
@@ -128,7 +128,7 @@ def pod_resources(short_tmp: Path) -> Iterator[FakePodResources]:
 @dataclass
 class RunningPlugin:
     app: PluginApp
-    nvml: FakeNvml
+    nvml: FaultyNvml
     thread: threading.Thread
     kubelet: FakeKubelet
     cluster: InMemoryCluster | None
@@ -160,7 +160,7 @@ def start_plugin(kubelet: FakeKubelet, short_tmp: Path) -> Iterator[StartPlugin]
         pod_resources: FakePodResources | None = None,
         **cfg: Any,
     ) -> RunningPlugin:
-        nvml = FakeNvml(preset(topology))
+        nvml = FaultyNvml(preset(topology))
         start_nvml(nvml)
         discovery = discover(nvml, name="node-a")
         config = PluginConfig(

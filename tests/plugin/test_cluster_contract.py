@@ -20,13 +20,14 @@ from typing import Any, Protocol
 
 import pytest
 
-from plugin.cluster import ClusterError, InMemoryCluster, NodeCluster, PodEvent, PodInfo
+from plugin.cluster import ClusterError, NodeCluster, PodEvent, PodInfo
 from plugin.publish import node_labels, wanted_object
 from topology.handoff import topology_from_gputopology
 from topology.names import ASSIGNED_GPUS_ANNOTATION, LABEL_GPU_COUNT
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S
+from .fakes import InMemoryCluster
 
 KUBECONFIG = os.environ.get("GPUTOPO_TEST_KUBECONFIG")
 ROOT = Path(__file__).resolve().parents[2]

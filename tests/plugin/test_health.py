@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-from plugin.fakenvml import FakeNvml
 from plugin.health import DEFAULT_IGNORED_XIDS, HealthEvent, HealthMonitor, parse_xids
 from plugin.nvml import start_nvml
 from topology.handoff import stable_gpu_uuid
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S
+from .fakes import FaultyNvml
 
 U = [stable_gpu_uuid(i) for i in range(8)]
 
@@ -26,8 +26,8 @@ class Clock:
         return self.now
 
 
-def _monitor(**kw: object) -> tuple[HealthMonitor, FakeNvml, queue.Queue[HealthEvent], Clock]:
-    nvml = FakeNvml(preset("dgx1-v100"))
+def _monitor(**kw: object) -> tuple[HealthMonitor, FaultyNvml, queue.Queue[HealthEvent], Clock]:
+    nvml = FaultyNvml(preset("dgx1-v100"))
     start_nvml(nvml)
     out: queue.Queue[HealthEvent] = queue.Queue()
     clock = Clock()

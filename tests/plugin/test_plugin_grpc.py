@@ -10,12 +10,13 @@ import grpc
 import pytest
 
 from plugin.api import deviceplugin_pb2 as pb
-from plugin.cluster import InMemoryCluster, PodInfo
+from plugin.cluster import PodInfo
 from topology.handoff import encode_gpu_sets, stable_gpu_uuid
 from topology.names import ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S, FakeKubelet, StartPlugin, stream_to_queue, wait_until
+from .fakes import InMemoryCluster
 
 DGX1 = preset("dgx1-v100")
 ALL = [stable_gpu_uuid(i) for i in range(8)]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from plugin.cluster import InMemoryCluster
 from plugin.config import from_args
 from plugin.publish import Publisher, label_value, node_labels
 from topology.handoff import topology_from_gputopology
@@ -23,6 +22,7 @@ from topology.names import (
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S
+from .fakes import InMemoryCluster
 
 
 def test_publisher_creates_object_owned_by_the_node_and_labels_it() -> None:

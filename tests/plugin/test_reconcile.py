@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from plugin.api import deviceplugin_pb2 as pb
-from plugin.cluster import InMemoryCluster, PodInfo
+from plugin.cluster import PodInfo
 from plugin.pods import entry_for
 from plugin.reconcile import plan
 from topology.handoff import decode_gpu_sets, encode_gpu_sets, stable_gpu_uuid
@@ -18,6 +18,7 @@ from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
 from .conftest import FakeKubelet, FakePodResources, StartPlugin, wait_until
+from .fakes import InMemoryCluster
 
 DGX1 = preset("dgx1-v100")
 U = [stable_gpu_uuid(i) for i in range(8)]
