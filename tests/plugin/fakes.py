@@ -4,6 +4,9 @@
   the API-backed one against the same tests);
 * ``FaultyNvml``: the shipped fake NVML (``plugin.fakenvml``, which ``--fake-topology``
   uses) plus the faults tests inject: XID events, lost GPUs, ``nvmlInit`` failing.
+
+Both announce what happened on a ``Changes``, so tests wait for a condition instead of
+polling with a sleep.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import copy
 import itertools
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -20,7 +23,25 @@ from plugin.cluster import ClusterError, NodeCluster, PodEvent, PodInfo, PodKey,
 from plugin.fakenvml import FakeNvml
 from topology.names import GPUTOPOLOGY_GROUP, GPUTOPOLOGY_KIND, GPUTOPOLOGY_VERSION
 
-__all__ = ["FaultyNvml", "InMemoryCluster"]
+__all__ = ["Changes", "FaultyNvml", "InMemoryCluster"]
+
+#: Guard against a hung test only; no test asserts how long anything takes.
+HANG_GUARD_S = 60.0
+
+
+class Changes:
+    """Something tests wait on: ``notify()`` after every change, ``wait_for(predicate)``."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = HANG_GUARD_S) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
 
 
 class InMemoryCluster:
@@ -38,6 +59,10 @@ class InMemoryCluster:
         self._watchers: list[tuple[str, queue.Queue[PodEvent]]] = []
         self._uids = itertools.count(1)
         self.patches: list[tuple[PodKey, dict[str, str | None]]] = []
+        #: Lookups of a node that does not exist (a publisher retrying).
+        self.missing_node_lookups = 0
+        #: Notified after every write and every failed node lookup.
+        self.changes = Changes()
 
     # --- test set-up ---------------------------------------------------------------------
 
@@ -55,13 +80,15 @@ class InMemoryCluster:
                 pod = replace(pod, uid=f"pod-uid-{next(self._uids)}")
             self._pods[pod.key] = pod
             self._emit(PodEvent("MODIFIED" if existed else "ADDED", pod))
-            return pod
+        self.changes.notify()
+        return pod
 
     def delete_pod(self, namespace: str, name: str) -> None:
         with self._lock:
             pod = self._pods.pop((namespace, name), None)
             if pod is not None:
                 self._emit(PodEvent("DELETED", pod))
+        self.changes.notify()
 
     def _emit(self, event: PodEvent) -> None:
         assert event.pod is not None
@@ -111,13 +138,16 @@ class InMemoryCluster:
             self._pods[pod.key] = pod
             self.patches.append((pod.key, dict(annotations)))
             self._emit(PodEvent("MODIFIED", pod))
+        self.changes.notify()
 
     def node_uid(self, node_name: str) -> str:
         with self._lock:
             node = self._nodes.get(node_name)
-            if node is None:
-                raise ClusterError(f"node {node_name} not found", not_found=True)
-            return str(node["uid"])
+            if node is not None:
+                return str(node["uid"])
+            self.missing_node_lookups += 1
+        self.changes.notify()
+        raise ClusterError(f"node {node_name} not found", not_found=True)
 
     def node_labels(self, node_name: str) -> dict[str, str]:
         with self._lock:
@@ -161,7 +191,19 @@ _: NodeCluster = InMemoryCluster()
 
 
 class FaultyNvml(FakeNvml):
-    """``FakeNvml`` with the faults a test can inject."""
+    """``FakeNvml`` with the faults a test can inject, and a ``Changes`` notified when a
+    GPU is registered for XID events (only then does an injected XID reach a loop)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.changes = Changes()
+        self.registered_for_events: set[int] = set()
+
+    def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
+        super().nvmlDeviceRegisterEvents(handle, event_types, event_set)
+        with self._lock:
+            self.registered_for_events.add(handle.index)
+        self.changes.notify()
 
     def inject_xid(self, index: int, xid: int) -> None:
         """Deliver an XID critical-error event for GPU ``index`` to every event set."""

@@ -128,10 +128,7 @@ def test_the_loop_turns_nvml_events_into_health_events() -> None:
     thread.start()
     try:
         # Events are only delivered once the loop has registered for them.
-        deadline = HANG_GUARD_S
-        while len(mon._registered) < len(U) and deadline > 0:
-            stop.wait(0.01)
-            deadline -= 0.01
+        assert nvml.changes.wait_for(lambda: len(nvml.registered_for_events) == len(U))
         nvml.inject_xid(0, 31)  # ignored
         nvml.inject_xid(7, 94)
         event = out.get(timeout=HANG_GUARD_S)

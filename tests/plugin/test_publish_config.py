@@ -53,7 +53,9 @@ def test_publisher_retries_until_the_node_exists() -> None:
     thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        assert not pub.published.wait(0.05)  # the node is not there yet: retrying
+        # The node is not there yet: the publisher keeps trying, and has not published.
+        assert cluster.changes.wait_for(lambda: cluster.missing_node_lookups >= 2)
+        assert not pub.published.is_set()
         cluster.add_node("late")
         assert pub.published.wait(HANG_GUARD_S)
     finally:
