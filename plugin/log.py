@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -92,11 +93,14 @@ def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return out
 
 
+#: Printable ASCII but space, '"' and '=': written bare. Anything else is JSON-quoted,
+#: so a value from a request (an ID with a newline or an escape code) stays one field.
+_BARE = re.compile(r"[!#-<>-~]+")
+
+
 def _quote(v: Any) -> str:
     text = str(v)
-    if text == "" or any(c in text for c in ' "=\t\n'):
-        return json.dumps(text)
-    return text
+    return text if _BARE.fullmatch(text) else json.dumps(text)
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -230,6 +230,9 @@ class TopologyResourceManager:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._allocator = allocator_for(topology)
+        # Candidates of the last (pods, kubelet) snapshots: both are replaced whole on
+        # change, so the same objects mean the same candidates.
+        self._candidates: tuple[object, object, list[Candidate]] | None = None
 
     def warm_up(self) -> None:
         """Build the allocator's tables now, so the first kubelet call is fast."""
@@ -288,7 +291,7 @@ class TopologyResourceManager:
         avail_mask = self._ids.mask_of_ids(available)
         avail_set = frozenset(self._ids.ids_of_mask(avail_mask))
         must_set = frozenset(must_include)
-        candidates = assigned_candidates(self._pods(), self._kubelet(), self._index)
+        candidates = self._assigned()
         for c in candidates:
             if len(c.uuids) == size and c.uuids <= avail_set and must_set <= c.uuids:
                 return Preferred(
@@ -318,6 +321,15 @@ class TopologyResourceManager:
         rest = [u for u in self._ids.ids_of_mask(avail_mask) if u not in must_set]
         picked = [*must_include, *rest][:size]
         return Preferred(devices=tuple(picked), source="fallback", detail=detail)
+
+    def _assigned(self) -> list[Candidate]:
+        pods, kubelet = self._pods(), self._kubelet()
+        cached = self._candidates
+        if cached is not None and cached[0] is pods and cached[1] is kubelet:
+            return cached[2]
+        candidates = assigned_candidates(pods, kubelet, self._index)
+        self._candidates = (pods, kubelet, candidates)
+        return candidates
 
     def _refusal(
         self, available: Sequence[str], must_include: Sequence[str], size: int

@@ -279,12 +279,12 @@ class PluginServer:
     async def _start(self) -> None:
         server = grpc.aio.server()
         pb_grpc.add_DevicePluginServicer_to_server(self.servicer, server)
+        self.servicer.attach(asyncio.get_running_loop())  # before the first stream can come
         # The socket is bound here: a umask makes it 0600 from the first instant.
         with _umask(0o177):
             server.add_insecure_port(f"unix:{self.socket_path}")
             await server.start()
         os.chmod(self.socket_path, 0o600)
-        self.servicer.attach(asyncio.get_running_loop())
         self._server = server
 
     async def _stop(self, grace: float) -> None:

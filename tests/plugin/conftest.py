@@ -27,7 +27,8 @@ from plugin.nvml import discover, start_nvml
 from plugin.podresources import PodResourcesClient
 from topology.presets import preset
 
-from .fakes import HANG_GUARD_S, FaultyNvml, InMemoryCluster
+from .fakes import HANG_GUARD_S as HANG_GUARD_S  # re-exported: the tests import it from here
+from .fakes import FaultyNvml, InMemoryCluster
 
 FAST = Timings(
     watch=0.05, register_retry=0.05, health_wait_ms=20, reconcile_settle=0.02,
