@@ -51,10 +51,14 @@ class DevKubelet:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        pb_grpc.add_RegistrationServicer_to_server(_Registration(self.requests), server)
+        pb_grpc.add_RegistrationServicer_to_server(self.registration_servicer(), server)
         server.add_insecure_port(f"unix:{self.socket}")
         server.start()
         self._server = server
+
+    def registration_servicer(self) -> pb_grpc.RegistrationServicer:
+        """What answers Register: records each request for ``next_registration``."""
+        return _Registration(self.requests)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -10,9 +10,9 @@ constant values and error class shape (``NVMLError(value)`` with ``.value``).
 * NVSwitch machines (more than two GPUs, every pair the same ``NV<n>``) are modelled as
   NVML shows them: each GPU has *n* links whose remote end is a switch, spread over up to
   six switches; no GPU-to-GPU link exists. Other NVLink pairs are direct links.
-* ``inject_xid(index, xid)`` delivers an XID event; ``fail_device(index)`` makes every call
-  on that GPU fail with GPU_IS_LOST until ``restore_device(index)``; ``fail_init(code)``
-  makes ``nvmlInit`` fail.
+* Faults (an XID event, a GPU that is lost, ``nvmlInit`` failing) are injected by the
+  tests' subclass, ``tests.plugin.fakes.FaultyNvml``; this module keeps only the state
+  they set (``_failed``, ``_init_error``, the event sets).
 """
 
 from __future__ import annotations
@@ -158,12 +158,11 @@ class FakeNvml:
         self._init_error: int | None = None
         self._failed: dict[int, int] = {}
         self._event_sets: list[_EventSet] = []
-        self.calls: dict[str, int] = {}
 
-    # --- test controls ----------------------------------------------------------------
+    # --- helpers ------------------------------------------------------------------------
 
-    def inject_xid(self, index: int, xid: int) -> None:
-        """Deliver an XID critical-error event for GPU ``index`` to every event set."""
+    def _post_xid(self, index: int, xid: int) -> None:
+        """What the driver does on an XID: an event for GPU ``index`` in every event set."""
         with self._lock:
             for es in self._event_sets:
                 if index in es.registered and not es.freed:
@@ -173,22 +172,6 @@ class FakeNvml:
                         eventData=xid,
                     ))
             self._lock.notify_all()
-
-    def fail_device(self, index: int, code: int = NVML_ERROR_GPU_IS_LOST) -> None:
-        with self._lock:
-            self._failed[index] = code
-
-    def restore_device(self, index: int) -> None:
-        with self._lock:
-            self._failed.pop(index, None)
-
-    def fail_init(self, code: int | None = NVML_ERROR_DRIVER_NOT_LOADED) -> None:
-        self._init_error = code
-
-    # --- helpers ------------------------------------------------------------------------
-
-    def _count(self, name: str) -> None:
-        self.calls[name] = self.calls.get(name, 0) + 1
 
     def _check(self, handle: Any) -> int:
         if not self._initialised:
@@ -206,7 +189,6 @@ class FakeNvml:
     # --- library ------------------------------------------------------------------------
 
     def nvmlInit(self) -> None:
-        self._count("nvmlInit")
         if self._init_error is not None:
             raise NVMLError(self._init_error)
         self._initialised += 1

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal
 
 from kubernetes import client, config, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from plugin.cluster import ClusterError, NodeCluster, PodEvent, PodInfo, gputopology_differs
 from topology.names import GPUTOPOLOGY_GROUP, GPUTOPOLOGY_PLURAL, GPUTOPOLOGY_VERSION
@@ -32,10 +32,14 @@ _REQUEST_TIMEOUT: Final = 30
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """A client from ``kubeconfig``, or the in-cluster service account when ``None``."""
     try:
+        # The kubernetes package ships py.typed, but its config loaders are untyped.
         if kubeconfig:
-            return config.new_client_from_config(config_file=kubeconfig)
+            api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig)
+            return api
         configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
         return client.ApiClient(configuration)
     except (config.ConfigException, OSError) as e:
         where = kubeconfig or "in-cluster service account"
@@ -84,9 +88,9 @@ class KubeCluster:
                     yield PodEvent("ADDED", pod_info(pod))
                 yield PodEvent("SYNCED")
                 resource_version = listing.metadata.resource_version if listing.metadata else None
-            w = watch.Watch()
+            w = watch.Watch()  # type: ignore[no-untyped-call]
             try:
-                for raw in w.stream(
+                for raw in w.stream(  # type: ignore[no-untyped-call]
                     self.core.list_pod_for_all_namespaces,
                     field_selector=selector,
                     resource_version=resource_version,
@@ -95,7 +99,7 @@ class KubeCluster:
                     _request_timeout=_WATCH_SECONDS + _REQUEST_TIMEOUT,
                 ):
                     if stop.is_set():
-                        w.stop()
+                        w.stop()  # type: ignore[no-untyped-call]
                         return
                     kind = raw.get("type")
                     if kind == "ERROR":
@@ -117,7 +121,7 @@ class KubeCluster:
                     continue
                 raise _error(f"watch pods on node {node_name}", e) from None
             finally:
-                w.stop()
+                w.stop()  # type: ignore[no-untyped-call]
 
     def get_pod(self, namespace: str, name: str) -> PodInfo | None:
         try:

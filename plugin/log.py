@@ -8,14 +8,62 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "KeyValueFormatter", "configure", "fields"]
+__all__ = [
+    "CLIP_CHARS",
+    "CLIP_ITEMS",
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "KeyValueFormatter",
+    "clip",
+    "clip_all",
+    "configure",
+    "fields",
+]
 
 LOG_FORMATS: Final = ("kv", "json")
+#: Longest value a client sent that is quoted back (in an error or a log line).
+CLIP_CHARS: Final = 64
+#: Most values of one list a log line names.
+CLIP_ITEMS: Final = 16
+
+
+def clip(value: str, limit: int = CLIP_CHARS) -> str:
+    """``value``, or its first ``limit`` characters and its size when it is longer.
+
+    Requests come from the kubelet's socket, but nothing bounds an ID's length: a 1 MiB
+    ID echoed in a gRPC error overflows the metadata limit, and in a log line it is noise.
+
+    >>> clip("GPU-0")
+    'GPU-0'
+    >>> clip("x" * 100, 8)
+    'xxxxxxxx... (100 bytes)'
+    """
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}... ({len(value.encode('utf-8', 'replace'))} bytes)"
+
+
+def clip_all(values: Iterable[str], items: int = CLIP_ITEMS) -> list[str]:
+    """At most ``items`` values, each clipped, and how many more there were.
+
+    >>> clip_all(["a", "b", "c"], 2)
+    ['a', 'b', '... (1 more)']
+    """
+    out: list[str] = []
+    more = 0
+    for v in values:
+        if len(out) < items:
+            out.append(clip(v))
+        else:
+            more += 1
+    return [*out, f"... ({more} more)"] if more else out
+
 
 def fields(**kv: Any) -> dict[str, Any]:
     """``extra=`` for a log call: the structured fields of the line."""
@@ -45,11 +93,14 @@ def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return out
 
 
+#: Printable ASCII but space, '"' and '=': written bare. Anything else is JSON-quoted,
+#: so a value from a request (an ID with a newline or an escape code) stays one field.
+_BARE = re.compile(r"[!#-<>-~]+")
+
+
 def _quote(v: Any) -> str:
     text = str(v)
-    if text == "" or any(c in text for c in ' "=\t\n'):
-        return json.dumps(text)
-    return text
+    return text if _BARE.fullmatch(text) else json.dumps(text)
 
 
 class KeyValueFormatter(logging.Formatter):

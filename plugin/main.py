@@ -2,8 +2,8 @@
 
 Threads (all stop on one Event, set by SIGTERM/SIGINT):
 
-* main: the gRPC server and kubelet registration (``PluginRunner``), re-registering when
-  the kubelet restarts or on SIGHUP;
+* main: kubelet registration (``PluginRunner``), re-registering when the kubelet
+  restarts or on SIGHUP; deviceplugin-grpc: the gRPC server's event loop;
 * health: the NVML XID loop and probes; health-apply: drains its queue into the
   resource manager, which wakes the ListAndWatch streams;
 * pods: the watch of pods bound to this node (cache for GetPreferredAllocation);
@@ -113,7 +113,7 @@ class PluginApp:
         )
         self.stop = threading.Event()
         self.servicer = DevicePluginServicer(
-            self.rm, stop=self.stop, on_allocate=self._allocated, metrics=self.metrics)
+            self.rm, on_allocate=self._allocated, metrics=self.metrics)
         self.runner = PluginRunner(
             self.servicer, cfg.kubelet_dir, cfg.resource_name,
             watch_interval=timings.watch, retry_interval=timings.register_retry,
@@ -179,7 +179,6 @@ class PluginApp:
             self.runner.run(self.stop)
         finally:
             self.stop.set()
-            self.rm.wake()
             self.reconciler.wake()
             for thread in self._threads:
                 thread.join(timeout=5)

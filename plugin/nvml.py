@@ -79,7 +79,8 @@ def load_pynvml() -> ModuleType:
         import pynvml
     except ImportError as e:  # pragma: no cover - the package is a dependency
         raise NvmlUnavailable(f"cannot import pynvml (package nvidia-ml-py): {e}") from None
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 def error_code(nvml: Any, exc: BaseException) -> int | None:

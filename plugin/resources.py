@@ -4,12 +4,17 @@
 implements it for one node's discovered ``Topology``:
 
 * ``devices()``: every GPU (ID = UUID) with its NUMA node and health.
-* ``preferred()``: an assigned set (written by the extender on a pod bound to this node)
-  when one fits the request, otherwise the allocator's best set among the available GPUs.
-  Everything it reads is in memory: the pod cache snapshot and the kubelet's last
-  PodResources record, both refreshed on background threads.
-* ``allocate()``: refuses an unknown or unhealthy ID, naming it; otherwise the container's
-  environment and device nodes.
+* ``preferred()``: exactly ``size`` GPUs, or ``Refused`` naming the request field at fault
+  (a size below 1 or beyond what is available, a must-include ID that is not available,
+  an ID listed twice). The set is an assigned one (written by the extender on a pod bound
+  to this node) when one fits the request, otherwise the allocator's best set among the
+  available GPUs. Everything it reads is in memory: the pod cache snapshot and the
+  kubelet's last PodResources record, both refreshed on background threads.
+* ``allocate()``: refuses an unknown or unhealthy ID, or one listed twice, naming it;
+  otherwise the container's environment and device nodes.
+
+IDs quoted back in a message are cut (``plugin.log.clip``): the message travels in a
+gRPC trailer, and a 1 MiB ID echoed whole would overflow gRPC's metadata limit.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from types import MappingProxyType
 from typing import Final, Literal, Protocol
 
 from plugin.cluster import PodKey
+from plugin.log import clip
 from plugin.pods import PodEntry
 from topology.allocate import Allocation, allocator_for
+from topology.gpuids import GpuIds
 from topology.model import Topology
 from topology.names import TERMINAL_PHASES
 
@@ -40,6 +47,8 @@ __all__ = [
     "DeviceState",
     "KubeletRecord",
     "Preferred",
+    "PreferredField",
+    "Refused",
     "ResourceManager",
     "TopologyResourceManager",
     "assigned_candidates",
@@ -88,6 +97,18 @@ class Preferred:
     detail: str = ""
 
 
+PreferredField = Literal["allocation_size", "must_include_deviceIDs", "available_deviceIDs"]
+"""A field of ``ContainerPreferredAllocationRequest``, as the kubelet's API names it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refused:
+    """A GetPreferredAllocation request that cannot be answered as asked, and why."""
+
+    field: PreferredField
+    reason: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceSpec:
     container_path: str
@@ -126,13 +147,16 @@ class Candidate:
 class ResourceManager(Protocol):
     def devices(self) -> tuple[DeviceState, ...]: ...
 
-    def wait_for_change(self, version: int, timeout: float) -> int:
-        """Block until the device list differs from ``version`` (or ``timeout``)."""
+    def subscribe(self, changed: Callable[[], None]) -> Callable[[], None]:
+        """Call ``changed`` (on the changing thread) after every change of ``devices()``;
+        returns what unsubscribes it."""
         ...
 
     def preferred(
         self, available: Sequence[str], must_include: Sequence[str], size: int
-    ) -> Preferred: ...
+    ) -> Preferred | Refused:
+        """Exactly ``size`` of ``available`` (with every ``must_include``), or why not."""
+        ...
 
     def index_of(self, uuid: str) -> int | None:
         """The GPU's index on this node (for logs), ``None`` for an unknown ID."""
@@ -194,16 +218,21 @@ class TopologyResourceManager:
         self.options = options
         self._pods = pods
         self._kubelet = kubelet
-        self._index = {g.uuid: g.index for g in topology.gpus if g.uuid}
+        self._ids = GpuIds.of(topology)
+        self._index = self._ids.index_of
         minors = minors or {}
         self._devices: tuple[DeviceState, ...] = tuple(
             DeviceState(uuid=uuid, index=i, numa_node=topology.gpus[i].numa_node,
                         minor=minors.get(uuid, i))
-            for uuid, i in self._index.items()
+            for i, uuid in enumerate(self._ids.ids)
         )
         self._version = 0
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
         self._allocator = allocator_for(topology)
+        # Candidates of the last (pods, kubelet) snapshots: both are replaced whole on
+        # change, so the same objects mean the same candidates.
+        self._candidates: tuple[object, object, list[Candidate]] | None = None
 
     def warm_up(self) -> None:
         """Build the allocator's tables now, so the first kubelet call is fast."""
@@ -222,8 +251,8 @@ class TopologyResourceManager:
         return self._version
 
     def set_health(self, uuid: str, healthy: bool, reason: str = "") -> bool:
-        """Record a health change; True when it changed anything (streams are woken)."""
-        with self._changed:
+        """Record a health change; True when it changed anything (listeners are told)."""
+        with self._lock:
             i = self._index.get(uuid)
             if i is None:
                 return False
@@ -234,32 +263,35 @@ class TopologyResourceManager:
             devices[i] = replace(current, healthy=healthy, reason=reason)
             self._devices = tuple(devices)
             self._version += 1
-            self._changed.notify_all()
-            return True
+            listeners = tuple(self._listeners)
+        for changed in listeners:
+            changed()
+        return True
 
-    def wake(self) -> None:
-        """Wake every waiting stream (on shutdown)."""
-        with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+    def subscribe(self, changed: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(changed)
 
-    def wait_for_change(self, version: int, timeout: float) -> int:
-        with self._changed:
-            self._changed.wait_for(lambda: self._version != version, timeout=timeout)
-            return self._version
+        def unsubscribe() -> None:
+            with self._lock:
+                if changed in self._listeners:
+                    self._listeners.remove(changed)
+
+        return unsubscribe
 
     # --- GetPreferredAllocation --------------------------------------------------------
 
     def preferred(
         self, available: Sequence[str], must_include: Sequence[str], size: int
-    ) -> Preferred:
-        avail = [d for d in dict.fromkeys(available) if d in self._index]
-        avail_set = frozenset(avail)
-        must = [d for d in dict.fromkeys(must_include) if d in avail_set]
-        must_set = frozenset(must)
-        if size <= 0:
-            return Preferred(devices=(), source="fallback", detail="size 0")
-        candidates = assigned_candidates(self._pods(), self._kubelet(), self._index)
+    ) -> Preferred | Refused:
+        refused = self._refusal(available, must_include, size)
+        if refused is not None:
+            return refused
+        # IDs in `available` that are not GPUs of this node are passed over.
+        avail_mask = self._ids.mask_of_ids(available)
+        avail_set = frozenset(self._ids.ids_of_mask(avail_mask))
+        must_set = frozenset(must_include)
+        candidates = self._assigned()
         for c in candidates:
             if len(c.uuids) == size and c.uuids <= avail_set and must_set <= c.uuids:
                 return Preferred(
@@ -270,35 +302,71 @@ class TopologyResourceManager:
         # Keep GPUs promised to other pods out of the choice when the rest suffices.
         promised = (c.uuids for c in candidates if not c.orphan)
         reserved = frozenset().union(*promised) & (avail_set - must_set)
+        must_mask = self._ids.mask_of_ids(must_set)
         detail = ""
         for free in (avail_set - reserved, avail_set) if reserved else (avail_set,):
             try:
-                result = self._allocator.best(size, self._mask(free), self._mask(must_set))
+                result = self._allocator.best(size, self._ids.mask_of_ids(free), must_mask)
             except Exception as e:  # never fail the kubelet's call: it would block admission
                 log.exception("allocator failed; answering by index")
                 detail = f"allocator error: {e}"
                 break
-            if isinstance(result, Allocation):
-                devices = tuple(self.topology.gpus[i].uuid or "" for i in result.devices)
-                return Preferred(devices=devices, source="allocator", detail=result.explain())
-            detail = result.reason
-        # Bad input (the kubelet only asks when a choice exists) or a node beyond the
-        # allocator's 16 GPUs: stay inside `available`, keep `must_include`, fill by index.
-        rest = sorted(avail_set - must_set, key=self._index.__getitem__)
-        picked = (must + rest)[: max(size, len(must))]
+            if isinstance(result, Allocation) and len(result.devices) == size:
+                return Preferred(devices=self._ids.ids_of(result.devices), source="allocator",
+                                 detail=result.explain())
+            if not isinstance(result, Allocation):
+                detail = result.reason
+        # A node beyond the allocator's 16 GPUs: stay inside `available`, keep
+        # `must_include`, fill by index. The checks above make this exactly `size`.
+        rest = [u for u in self._ids.ids_of_mask(avail_mask) if u not in must_set]
+        picked = [*must_include, *rest][:size]
         return Preferred(devices=tuple(picked), source="fallback", detail=detail)
+
+    def _assigned(self) -> list[Candidate]:
+        pods, kubelet = self._pods(), self._kubelet()
+        cached = self._candidates
+        if cached is not None and cached[0] is pods and cached[1] is kubelet:
+            return cached[2]
+        candidates = assigned_candidates(pods, kubelet, self._index)
+        self._candidates = (pods, kubelet, candidates)
+        return candidates
+
+    def _refusal(
+        self, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> Refused | None:
+        """Why ``size`` IDs of ``available`` with every ``must_include`` cannot be given."""
+        if size < 1:
+            return Refused(field="allocation_size", reason=f"must be at least 1, got {size}")
+        lists: tuple[tuple[PreferredField, Sequence[str]], ...] = (
+            ("available_deviceIDs", available), ("must_include_deviceIDs", must_include))
+        for field, ids in lists:
+            twice = _first_repeat(ids)
+            if twice is not None:
+                return Refused(field=field, reason=f"{clip(twice)!r} is listed twice")
+        offered = frozenset(available)
+        for d in must_include:
+            if d not in offered:
+                return Refused(field="must_include_deviceIDs",
+                               reason=f"{clip(d)!r} is not in available_deviceIDs")
+            if d not in self._index:
+                return Refused(field="must_include_deviceIDs",
+                               reason=f"{clip(d)!r} is not a GPU of this node")
+        if len(must_include) > size:
+            return Refused(field="allocation_size", reason=(
+                f"{size} is fewer than the {len(must_include)} must_include_deviceIDs"))
+        known = sum(d in self._index for d in offered)
+        if size > known:
+            unknown = len(offered) - known
+            return Refused(field="allocation_size", reason=(
+                f"{size} devices asked, but available_deviceIDs holds {known} GPUs of this "
+                f"node" + (f" (and {unknown} IDs it does not have)" if unknown else "")))
+        return None
 
     def index_of(self, uuid: str) -> int | None:
         return self._index.get(uuid)
 
-    def _mask(self, uuids: Iterable[str]) -> int:
-        mask = 0
-        for u in uuids:
-            mask |= 1 << self._index[u]
-        return mask
-
     def _ordered(self, uuids: Iterable[str]) -> tuple[str, ...]:
-        return tuple(sorted(uuids, key=self._index.__getitem__))
+        return self._ids.ids_of_mask(self._ids.mask_of_ids(uuids))
 
     # --- Allocate ----------------------------------------------------------------------
 
@@ -306,10 +374,14 @@ class TopologyResourceManager:
         """The devices named, or ``AllocationError`` naming the first bad one."""
         devices = self._devices
         out: list[DeviceState] = []
+        seen: set[int] = set()
         for d in device_ids:
             i = self._index.get(d)
             if i is None:
-                raise AllocationError(f"unknown device {d!r}: not a GPU of this node")
+                raise AllocationError(f"unknown device {clip(d)!r}: not a GPU of this node")
+            if i in seen:  # NVIDIA_VISIBLE_DEVICES would list it twice
+                raise AllocationError(f"device {d} (GPU{i}) is listed twice")
+            seen.add(i)
             state = devices[i]
             if not state.healthy:
                 raise AllocationError(
@@ -338,6 +410,15 @@ class TopologyResourceManager:
             envs={"NVIDIA_VISIBLE_DEVICES": ",".join(d.uuid for d in devices)},
             device_specs=tuple(specs),
         )
+
+
+def _first_repeat(ids: Iterable[str]) -> str | None:
+    seen: set[str] = set()
+    for d in ids:
+        if d in seen:
+            return d
+        seen.add(d)
+    return None
 
 
 def _conforms(rm: TopologyResourceManager) -> ResourceManager:

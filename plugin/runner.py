@@ -5,6 +5,10 @@ recreates ``kubelet.sock`` and forgets every plugin. We watch the directory by p
 ``stat`` (one syscall a second, no inotify dependency): when ``kubelet.sock`` is a new
 file, or our own socket has gone, the gRPC server is restarted on a fresh socket and
 Register is called again. SIGHUP asks for the same (``request_restart``).
+
+After a failed Register (or server start) we back off ``retry_interval``, but watch
+``kubelet.sock`` meanwhile (every ``_BACKOFF_POLL_S``): a kubelet that comes back is
+registered with at once, not after the rest of the back-off.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Final
 
 import grpc
 
@@ -25,6 +31,9 @@ __all__ = ["PluginRunner"]
 log = logging.getLogger(__name__)
 
 _FileId = tuple[int, int, int]
+
+#: How often the kubelet's socket is looked at while backing off after a failure.
+_BACKOFF_POLL_S: Final = 0.1
 
 
 def _file_id(path: Path) -> _FileId | None:
@@ -56,11 +65,35 @@ class PluginRunner:
         self.retry_interval = retry_interval
         self.metrics = metrics or servicer.metrics
         self.registrations = 0
+        self._registered = threading.Condition()
         self._restart = threading.Event()
         self.ready = threading.Event()
 
     def request_restart(self) -> None:
         self._restart.set()
+
+    def wait_registered(self, count: int, timeout: float | None = None) -> bool:
+        """Block until ``count`` registrations have succeeded (False after ``timeout``)."""
+        with self._registered:
+            return self._registered.wait_for(lambda: self.registrations >= count, timeout)
+
+    def _back_off(self, stop: threading.Event, kubelet_id: _FileId | None) -> None:
+        """Wait ``retry_interval``, or less: until ``kubelet.sock`` is not the file it was
+        (``kubelet_id``: a kubelet restarted or appeared), our socket is gone, a restart
+        is asked for, or ``stop``."""
+        deadline = time.monotonic() + self.retry_interval
+        poll = min(self.watch_interval, _BACKOFF_POLL_S)
+        while not stop.is_set() and not self._restart.is_set():
+            if _file_id(self.kubelet_socket) != kubelet_id:
+                log.info("kubelet.sock changed; retrying now", extra=fields(
+                    kubelet=str(self.kubelet_socket)))
+                return
+            if self.server.serving and not self.server.socket_path.exists():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            stop.wait(min(poll, remaining))
 
     def _restart_server(self, why: str) -> None:
         log.info("starting device plugin server", extra=fields(reason=why))
@@ -79,7 +112,9 @@ class PluginRunner:
                 error=e.details() if isinstance(e, grpc.Call) else str(e),
                 retry_s=self.retry_interval))
             return False
-        self.registrations += 1
+        with self._registered:
+            self.registrations += 1
+            self._registered.notify_all()
         self.metrics.registrations.labels("ok").inc()
         log.info("registered with kubelet", extra=fields(
             kubelet=str(self.kubelet_socket), endpoint=self.endpoint,
@@ -111,7 +146,7 @@ class PluginRunner:
                         log.warning("device plugin server start failed; retrying", extra=fields(
                             socket=str(self.server.socket_path),
                             error=f"{type(e).__name__}: {e}", retry_s=self.retry_interval))
-                        stop.wait(self.retry_interval)
+                        self._back_off(stop, current)
                         continue
                     why = None
                     self.ready.set()
@@ -127,7 +162,7 @@ class PluginRunner:
                     kubelet_id = current
                     registered = self._register()
                     if not registered:
-                        stop.wait(self.retry_interval)
+                        self._back_off(stop, kubelet_id)
                         continue
                 stop.wait(self.watch_interval)
         finally:

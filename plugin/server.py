@@ -4,27 +4,33 @@ and the Register call to the kubelet.
 Decisions live in ``plugin.resources``; this module turns protobuf requests into calls
 on a ``ResourceManager`` and the answers back into protobuf, and maps a refused request
 to INVALID_ARGUMENT in one place.
+
+The server is ``grpc.aio`` on an event loop of its own thread. A ListAndWatch stream is
+a coroutine parked on an ``asyncio.Event`` between changes, so it holds no worker: with
+a thread pool, each open stream held one of its threads, and 16 streams left the
+kubelet's unary calls (which it makes without a time-out) waiting forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent import futures
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, NoReturn
 
 import grpc
+import grpc.aio
 
 from plugin.api import deviceplugin_pb2 as pb
 from plugin.api import deviceplugin_pb2_grpc as pb_grpc
-from plugin.log import fields
+from plugin.log import clip_all, fields
 from plugin.metrics import PluginMetrics
-from plugin.resources import AllocationError, DeviceState, ResourceManager
+from plugin.resources import AllocationError, DeviceState, Refused, ResourceManager
 
 __all__ = [
     "API_VERSION",
@@ -41,8 +47,10 @@ log = logging.getLogger(__name__)
 
 API_VERSION: Final = "v1beta1"
 KUBELET_SOCKET: Final = "kubelet.sock"
-#: How often a ListAndWatch stream checks that its client is still there.
-_STREAM_POLL_S: Final = 1.0
+#: Longest status message sent back: it travels in a trailer (gRPC's metadata limit).
+MAX_DETAILS: Final = 1024
+#: How long a start or stop of the server may take before it is called failed.
+_LIFECYCLE_TIMEOUT_S: Final = 30.0
 
 #: Options for channels to the kubelet's sockets. A restarting kubelet recreates its
 #: socket: without a private subchannel pool a new channel inherits the old one's
@@ -76,19 +84,56 @@ def device_list(devices: Sequence[DeviceState]) -> pb.ListAndWatchResponse:
     ])
 
 
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], message: str) -> NoReturn:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[:MAX_DETAILS])
+    raise AssertionError("abort returned")  # it raises; this tells mypy
+
+
 class DevicePluginServicer(pb_grpc.DevicePluginServicer):
+    """The kubelet's DevicePlugin service, as coroutines on the server's event loop.
+
+    Unary calls run to completion without awaiting anything (every answer is decided
+    from memory), so they cannot interleave; a ListAndWatch stream waits on an event
+    that a device change sets from whatever thread made it.
+    """
+
     def __init__(
         self,
         rm: ResourceManager,
         *,
-        stop: threading.Event,
         on_allocate: Callable[[Sequence[str]], None] = lambda ids: None,
         metrics: PluginMetrics | None = None,
     ) -> None:
         self.rm = rm
-        self.stop = stop
         self.on_allocate = on_allocate
         self.metrics = metrics or PluginMetrics()
+        self._changed: asyncio.Event | None = None
+        self._ending = False
+        self._unsubscribe: Callable[[], None] = lambda: None
+
+    # --- the serving loop ----------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve on ``loop`` (its thread): device changes wake the streams there."""
+        self._changed = asyncio.Event()
+        self._ending = False
+
+        def changed() -> None:  # on the thread that changed the devices
+            loop.call_soon_threadsafe(self._wake)
+
+        self._unsubscribe = self.rm.subscribe(changed)
+
+    def end_streams(self) -> None:
+        """On the loop: every stream ends (the server is stopping)."""
+        self._ending = True
+        self._unsubscribe()
+        self._wake()
+
+    def _wake(self) -> None:
+        changed = self._changed
+        self._changed = asyncio.Event()
+        if changed is not None:
+            changed.set()
 
     @contextmanager
     def _timed(self, method: str) -> Iterator[None]:
@@ -98,19 +143,22 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
         finally:
             self.metrics.rpc_seconds.labels(method).observe(time.perf_counter() - start)
 
-    def GetDevicePluginOptions(
-        self, request: pb.Empty, context: grpc.ServicerContext
+    # --- the RPCs ------------------------------------------------------------------------
+
+    async def GetDevicePluginOptions(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DevicePluginOptions:
         return pb.DevicePluginOptions(
             pre_start_required=False, get_preferred_allocation_available=True
         )
 
-    def ListAndWatch(
-        self, request: pb.Empty, context: grpc.ServicerContext
-    ) -> Iterator[pb.ListAndWatchResponse]:
-        version = -1
+    async def ListAndWatch(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ListAndWatchResponse]:
         sent: tuple[DeviceState, ...] | None = None
-        while not self.stop.is_set() and context.is_active():
+        while not self._ending and self._changed is not None:
+            # Taken before reading: a change after the read sets this very event.
+            changed = self._changed
             devices = self.rm.devices()
             if devices != sent:
                 sent = devices
@@ -119,36 +167,41 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
                     devices=len(devices),
                     unhealthy=[d.uuid for d in devices if not d.healthy] or None))
                 yield device_list(devices)
-            version = self.rm.wait_for_change(version, _STREAM_POLL_S)
+            await changed.wait()
 
     def _count_health(self, devices: Sequence[DeviceState]) -> None:
         healthy = sum(d.healthy for d in devices)
         self.metrics.devices.labels("Healthy").set(healthy)
         self.metrics.devices.labels("Unhealthy").set(len(devices) - healthy)
 
-    def GetPreferredAllocation(
-        self, request: pb.PreferredAllocationRequest, context: grpc.ServicerContext
+    async def GetPreferredAllocation(
+        self, request: pb.PreferredAllocationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PreferredAllocationResponse:
         with self._timed("GetPreferredAllocation"):
             responses = []
-            for creq in request.container_requests:
-                choice = self.rm.preferred(
-                    list(creq.available_deviceIDs), list(creq.must_include_deviceIDs),
-                    int(creq.allocation_size),
-                )
+            for k, creq in enumerate(request.container_requests):
+                available = list(creq.available_deviceIDs)
+                must = list(creq.must_include_deviceIDs)
+                choice = self.rm.preferred(available, must, int(creq.allocation_size))
+                if isinstance(choice, Refused):
+                    self.metrics.preferred.labels("refused").inc()
+                    log.warning("preferred allocation refused", extra=fields(
+                        field=choice.field, error=choice.reason, size=creq.allocation_size,
+                        available=len(available), must_include=clip_all(must) or None))
+                    await _abort(context, f"container_requests[{k}].{choice.field}: "
+                                          f"{choice.reason}")
                 self.metrics.preferred.labels(choice.source).inc()
                 log.info("preferred allocation", extra=fields(
                     source=choice.source, pod=choice.pod, container=choice.container,
                     size=creq.allocation_size, gpus=choice.devices,
                     indices=[self.rm.index_of(u) for u in choice.devices],
-                    available=len(creq.available_deviceIDs),
-                    must_include=list(creq.must_include_deviceIDs) or None,
+                    available=len(available), must_include=clip_all(must) or None,
                     detail=choice.detail or None))
                 responses.append(pb.ContainerPreferredAllocationResponse(deviceIDs=choice.devices))
             return pb.PreferredAllocationResponse(container_responses=responses)
 
-    def Allocate(
-        self, request: pb.AllocateRequest, context: grpc.ServicerContext
+    async def Allocate(
+        self, request: pb.AllocateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AllocateResponse:
         with self._timed("Allocate"):
             responses = []
@@ -159,8 +212,8 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
                 except AllocationError as e:
                     self.metrics.allocations.labels("refused").inc()
                     log.warning("allocate refused", extra=fields(
-                        gpus=list(creq.devices_ids), error=str(e)))
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                        gpus=clip_all(creq.devices_ids), error=str(e)))
+                    await _abort(context, str(e))
                 self.metrics.allocations.labels("ok").inc()
                 log.info("allocate", extra=fields(
                     gpus=[d.uuid for d in alloc.devices],
@@ -178,8 +231,8 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
             self.on_allocate(allocated)
             return pb.AllocateResponse(container_responses=responses)
 
-    def PreStartContainer(
-        self, request: pb.PreStartContainerRequest, context: grpc.ServicerContext
+    async def PreStartContainer(
+        self, request: pb.PreStartContainerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PreStartContainerResponse:
         return pb.PreStartContainerResponse()
 
@@ -194,27 +247,51 @@ def _umask(mask: int) -> Iterator[None]:
 
 
 class PluginServer:
-    """The servicer on a unix socket, created owner-only (the kubelet runs as root)."""
+    """The servicer on a unix socket, created owner-only (the kubelet runs as root).
 
-    def __init__(self, servicer: DevicePluginServicer, socket_path: Path, *, workers: int = 16):
+    ``start`` and ``stop`` are called from the runner's thread; each start runs a fresh
+    event loop on a thread of its own, and ``stop`` ends the streams, the server, the
+    loop and the thread, so a restart (kubelet restarted, SIGHUP) begins from nothing.
+    """
+
+    def __init__(self, servicer: DevicePluginServicer, socket_path: Path) -> None:
         self.servicer = servicer
         self.socket_path = socket_path
-        self.workers = workers
-        self._server: grpc.Server | None = None
+        self._server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
-        server = grpc.server(futures.ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix="deviceplugin-rpc"))
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="deviceplugin-grpc",
+                                  daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), loop).result(_LIFECYCLE_TIMEOUT_S)
+        except BaseException:
+            self.stop(grace=0)
+            raise
+        log.info("device plugin serving", extra=fields(socket=str(self.socket_path)))
+
+    async def _start(self) -> None:
+        server = grpc.aio.server()
         pb_grpc.add_DevicePluginServicer_to_server(self.servicer, server)
+        self.servicer.attach(asyncio.get_running_loop())  # before the first stream can come
         # The socket is bound here: a umask makes it 0600 from the first instant.
         with _umask(0o177):
             server.add_insecure_port(f"unix:{self.socket_path}")
-            server.start()
+            await server.start()
         os.chmod(self.socket_path, 0o600)
         self._server = server
-        log.info("device plugin serving", extra=fields(socket=str(self.socket_path)))
+
+    async def _stop(self, grace: float) -> None:
+        self.servicer.end_streams()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
 
     def wait_ready(self, timeout: float = 5.0) -> None:
         """Dial our own socket: the kubelet must find it answering when we register."""
@@ -224,9 +301,17 @@ class PluginServer:
             grpc.channel_ready_future(channel).result(timeout=timeout)
 
     def stop(self, grace: float = 1.0) -> None:
-        if self._server is not None:
-            self._server.stop(grace).wait()
-            self._server = None
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._stop(grace), loop).result(
+                    _LIFECYCLE_TIMEOUT_S)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(_LIFECYCLE_TIMEOUT_S)
+                if not thread.is_alive():
+                    loop.close()
+                self._loop = self._thread = None
         self.socket_path.unlink(missing_ok=True)
 
     @property

@@ -10,19 +10,31 @@ Real outputs are untidy, and all of these are accepted:
   and are optional: a NIC's links to the GPUs are read from the GPU rows, and NIC rows,
   when present, must agree with them;
 * the multi-word columns ``CPU Affinity``, ``NUMA Affinity`` and ``GPU NUMA ID``, in
-  any subset, with ``N/A`` values and empty fields (two tabs in a row);
+  any subset, with ``N/A`` values and *empty* cells: containers and VMs print nothing
+  where the CPU and NUMA affinity would be (two tabs in a row, or only spaces in a
+  copy from a terminal). Such a cell is empty, not lost: the row is still read as its
+  header says;
 * the old ``SOC`` cell, read as ``SYS``.
+
+How a row is read: ``nvidia-smi`` writes each cell followed by a tab (and a second tab
+after ``NUMA Affinity``), and a terminal turns tabs into spaces up to the next multiple
+of 8. So cells are found by tab stops, not by splitting on blanks: a gap that reaches
+*k* tab stops holds *k - 1* empty cells. The header's column positions do not help
+here, since ``nvidia-smi`` does not align a cell under its (wider) header. Link cells
+are never empty; in the affinity columns, empty cells beyond the header's count are
+that second tab and are dropped from the right, and missing trailing cells are empty.
 
 What each GPU gets:
 
-* ``index`` from its row, ``cpu_affinity`` from ``CPU Affinity`` (``None`` for ``N/A``
-  or when the column is missing);
+* ``index`` from its row, ``cpu_affinity`` from ``CPU Affinity`` (``None`` for ``N/A``,
+  an empty cell, or when the column is missing);
 * ``numa_node`` from ``NUMA Affinity`` when that cell is one integer (``None`` for
-  ``N/A`` or a range such as ``0-1``). Older drivers print no NUMA column at all; then
-  NUMA ids are *inferred* from the distinct ``CPU Affinity`` strings, numbered 0, 1, ...
-  in order of first appearance (a GPU whose affinity is ``N/A`` gets ``None``). This
-  matches the machines seen so far, where each socket's GPUs share one affinity string,
-  but the ids are only labels for the groups, not the kernel's node numbers.
+  ``N/A``, an empty cell, or a range such as ``0-1``). Older drivers print no NUMA
+  column at all; then NUMA ids are *inferred* from the distinct ``CPU Affinity``
+  strings, numbered 0, 1, ... in order of first appearance (a GPU whose affinity is
+  ``N/A`` or empty gets ``None``). This matches the machines seen so far, where each
+  socket's GPUs share one affinity string, but the ids are only labels for the groups,
+  not the kernel's node numbers.
   ``GPU NUMA ID`` (the GPU's own memory node on coherent systems) is read and checked
   for shape, but not stored.
 
@@ -38,6 +50,13 @@ a row out of order, a diagonal that is not ``X``, an asymmetric pair, an unknown
 ... ''')
 >>> t.size, str(t.link(0, 1)), t.gpus[1].numa_node, t.nics[0].name
 (2, 'NV2', 1, 'mlx5_0')
+
+In a container, the affinity cells are empty and ``GPU NUMA ID`` is still there:
+
+>>> t = parse_topo_matrix('\\tGPU0\\tGPU1\\tCPU Affinity\\tNUMA Affinity\\tGPU NUMA ID\\n'
+...                       'GPU0\\t X \\tNV4\\t\\t\\t\\tN/A\\nGPU1\\tNV4\\t X \\t\\t\\t\\tN/A\\n')
+>>> [(g.cpu_affinity, g.numa_node) for g in t.gpus]
+[(None, None), (None, None)]
 """
 
 from __future__ import annotations
@@ -66,6 +85,9 @@ _NIC_LEGEND_LINE = re.compile(r"^\s*(NIC[0-9]+)\s*:\s*(\S(?:.*\S)?)\s*$", re.ASC
 _INT = re.compile(r"[0-9]+", re.ASCII)
 _SELF = "X"
 _NA = "N/A"
+#: Where a terminal puts tab stops (and where ``nvidia-smi``'s cells start).
+_TAB = 8
+_TOKEN = re.compile(r"\S+")
 #: Longest cell text quoted back in an error message.
 _QUOTE_MAX = 40
 
@@ -248,17 +270,7 @@ def _collect_rows(
                 f"{expected[0] if expected else 'no more rows'} next"
             )
         expected.pop(0)
-        cells = tokens[1:]
-        wanted = len(header.devices) + (len(header.affinity) if head in header.gpus else 0)
-        if len(cells) != wanted:
-            what = f"{len(header.devices)} link cells"
-            if head in header.gpus and header.affinity:
-                what += " + " + ", ".join(header.affinity)
-            raise TopologyError(
-                f"row {head} has too {'few' if len(cells) < wanted else 'many'} cells: "
-                f"expected {wanted} ({what}), got {len(cells)}"
-            )
-        rows[head] = cells
+        rows[head] = _row_cells(line, head, header)
 
     if gpu_count == 0:
         raise TopologyError("header names no GPU columns")
@@ -271,6 +283,63 @@ def _collect_rows(
             f"matrix cut short: header names {gpu_count} GPUs but {where} ({span} missing)"
         )
     return rows, lines[end:]
+
+
+def _row_cells(line: str, head: str, header: _Header) -> list[str]:
+    """The cells of one row after its name, one per header column (affinity may be "").
+
+    Link cells are the first non-blank words. The affinity cells are placed by tab stops
+    (see the module docstring), so an empty CPU or NUMA cell keeps its column.
+    """
+    text = line.expandtabs(_TAB)
+    spans = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]
+    words = spans[1:]  # spans[0] is the row's name
+    width = len(header.devices)
+    affinity = len(header.affinity) if head in header.gpus else 0
+    wanted = width + affinity
+
+    def wrong_count(got: int) -> TopologyError:
+        what = f"{width} link cells"
+        if affinity:
+            what += " + " + ", ".join(header.affinity)
+        return TopologyError(
+            f"row {head} has too {'few' if got < wanted else 'many'} cells: "
+            f"expected {wanted} ({what}), got {got}"
+        )
+
+    if len(words) < width or (len(words) > width and not affinity):
+        raise wrong_count(len(words))
+    cells = [w for _, _, w in words[:width]]
+    if not affinity:
+        return cells
+    if len(words) < wanted and not all(_is_link_cell(c) for c in cells):
+        # An affinity value where a link should be: a link cell is missing, not empty.
+        raise wrong_count(len(words))
+    end = spans[width][1]  # where the last link cell (or the name) ends
+    found: list[str] = []
+    for start, stop, word in words[width:]:
+        stops = start // _TAB - end // _TAB  # tab stops in (end, start]
+        found += [""] * (max(stops, 1) - 1) + [word]
+        end = stop
+    # Surplus empty cells are nvidia-smi's second tab after NUMA Affinity.
+    for k in range(len(found) - 1, -1, -1):
+        if len(found) <= affinity:
+            break
+        if not found[k]:
+            del found[k]
+    if len(found) > affinity:
+        raise wrong_count(len(words))
+    return cells + found + [""] * (affinity - len(found))
+
+
+def _is_link_cell(cell: str) -> bool:
+    if cell == _SELF:
+        return True
+    try:
+        Link.parse(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_cell(cells: Sequence[str], row: str, column: str, j: int) -> Link | None:
@@ -314,7 +383,9 @@ def _gpus(header: _Header, rows: dict[str, list[str]]) -> tuple[Gpu, ...]:
     values = [
         dict(zip(header.affinity, rows[g][width:], strict=True)) for g in header.gpus
     ]
-    cpu = [None if v.get(CPU_AFFINITY, _NA) == _NA else v[CPU_AFFINITY] for v in values]
+    cpu: list[str | None] = [
+        None if (c := v.get(CPU_AFFINITY, _NA)) in (_NA, "") else c for v in values
+    ]
     numa: list[int | None]
     if NUMA_AFFINITY in header.affinity:
         numa = [_numa_cell(g, v[NUMA_AFFINITY]) for g, v in zip(header.gpus, values, strict=True)]
@@ -323,7 +394,7 @@ def _gpus(header: _Header, rows: dict[str, list[str]]) -> tuple[Gpu, ...]:
         numa = [None if c is None else groups.setdefault(c, len(groups)) for c in cpu]
     for g, v in zip(header.gpus, values, strict=True):
         gpu_numa = v.get(GPU_NUMA_ID, _NA)
-        if gpu_numa != _NA and not _INT.fullmatch(gpu_numa):
+        if gpu_numa not in (_NA, "") and not _INT.fullmatch(gpu_numa):
             raise TopologyError(f"row {g}, column {GPU_NUMA_ID}: expected a number or N/A, "
                                 f"got {_quote(gpu_numa)}")
     return tuple(
@@ -335,7 +406,7 @@ def _numa_cell(row: str, cell: str) -> int | None:
     """One integer is a node; ``N/A`` or a range (``0-1``, ``0,2``) is no single node."""
     if _INT.fullmatch(cell):
         return int(cell)
-    if cell == _NA or re.fullmatch(r"[0-9]+(?:[-,][0-9]+)+", cell, re.ASCII):
+    if cell in (_NA, "") or re.fullmatch(r"[0-9]+(?:[-,][0-9]+)+", cell, re.ASCII):
         return None
     raise TopologyError(
         f"row {row}, column {NUMA_AFFINITY}: expected a node number or N/A, got {_quote(cell)}"

@@ -7,7 +7,6 @@ import queue
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -21,17 +20,15 @@ from plugin.api import deviceplugin_pb2 as pb
 from plugin.api import deviceplugin_pb2_grpc as pb_grpc
 from plugin.api import podresources_pb2 as pr
 from plugin.api import podresources_pb2_grpc as pr_grpc
-from plugin.cluster import InMemoryCluster
 from plugin.config import PluginConfig
 from plugin.devkubelet import DevKubelet
-from plugin.fakenvml import FakeNvml
 from plugin.main import PluginApp, Timings
 from plugin.nvml import discover, start_nvml
 from plugin.podresources import PodResourcesClient
 from topology.presets import preset
 
-#: Guard against a hung test only; no test asserts how long anything takes.
-HANG_GUARD_S = 60.0
+from .fakes import HANG_GUARD_S as HANG_GUARD_S  # re-exported: the tests import it from here
+from .fakes import FaultyNvml, InMemoryCluster
 
 FAST = Timings(
     watch=0.05, register_retry=0.05, health_wait_ms=20, reconcile_settle=0.02,
@@ -54,6 +51,34 @@ class FakeKubelet(DevKubelet):
 
     def next_registration(self, timeout: float | None = HANG_GUARD_S) -> pb.RegisterRequest:
         return super().next_registration(timeout)
+
+
+class _RefusingRegistration(pb_grpc.RegistrationServicer):
+    def __init__(self, owner: RefusingKubelet) -> None:
+        self.owner = owner
+
+    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.Empty:
+        with self.owner.lock:
+            refuse = self.owner.refusals > 0
+            self.owner.refusals -= refuse
+        if refuse:
+            self.owner.refused.set()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "kubelet is not ready (test)")
+        self.owner.requests.put(request)
+        return pb.Empty()
+
+
+class RefusingKubelet(FakeKubelet):
+    """A kubelet whose Registration refuses the first ``refusals`` calls."""
+
+    def __init__(self, directory: Path, refusals: int = 1) -> None:
+        super().__init__(directory)
+        self.lock = threading.Lock()
+        self.refusals = refusals
+        self.refused = threading.Event()
+
+    def registration_servicer(self) -> pb_grpc.RegistrationServicer:
+        return _RefusingRegistration(self)
 
 
 @pytest.fixture
@@ -128,7 +153,7 @@ def pod_resources(short_tmp: Path) -> Iterator[FakePodResources]:
 @dataclass
 class RunningPlugin:
     app: PluginApp
-    nvml: FakeNvml
+    nvml: FaultyNvml
     thread: threading.Thread
     kubelet: FakeKubelet
     cluster: InMemoryCluster | None
@@ -140,6 +165,11 @@ class RunningPlugin:
     def stub(self) -> tuple[grpc.Channel, pb_grpc.DevicePluginStub]:
         return self.kubelet.plugin_stub(self.endpoint)
 
+    def wait_xid_ready(self) -> None:
+        """Until the health loop listens for XIDs on every GPU (an XID before is lost)."""
+        gpus = self.nvml.topology.size
+        assert self.nvml.changes.wait_for(lambda: len(self.nvml.registered_for_events) == gpus)
+
     def stop(self) -> None:
         self.app.stop.set()
         self.thread.join(timeout=HANG_GUARD_S)
@@ -148,35 +178,44 @@ class RunningPlugin:
 StartPlugin = Callable[..., RunningPlugin]
 
 
+def run_plugin(
+    kubelet: FakeKubelet,
+    topology: str = "dgx1-v100",
+    *,
+    cluster: InMemoryCluster | None = None,
+    pod_resources: FakePodResources | None = None,
+    timings: Timings = FAST,
+    ready: bool = True,
+    **cfg: Any,
+) -> RunningPlugin:
+    """The whole plugin in-process against ``kubelet`` (``ready``: wait until it serves)."""
+    nvml = FaultyNvml(preset(topology))
+    start_nvml(nvml)
+    discovery = discover(nvml, name="node-a")
+    config = PluginConfig(
+        node_name="node-a", kubelet_dir=kubelet.directory,
+        standalone=cluster is None,
+        **{"health_interval_seconds": 0.05, "reconcile_interval_seconds": 0.2,
+           "publish_interval_seconds": 0.2, **cfg},
+    )
+    lister = (PodResourcesClient(pod_resources.socket, config.resource_name).list
+              if pod_resources is not None else None)
+    app = PluginApp(config, nvml=nvml, discovery=discovery, cluster=cluster,
+                    pod_resources=lister, timings=timings)
+    thread = threading.Thread(target=app.run, daemon=True)
+    thread.start()
+    if ready:
+        assert app.runner.ready.wait(HANG_GUARD_S)
+    return RunningPlugin(app=app, nvml=nvml, thread=thread, kubelet=kubelet, cluster=cluster)
+
+
 @pytest.fixture
 def start_plugin(kubelet: FakeKubelet, short_tmp: Path) -> Iterator[StartPlugin]:
     """Start the whole plugin in-process against the fake kubelet; stopped at teardown."""
     running: list[RunningPlugin] = []
 
-    def start(
-        topology: str = "dgx1-v100",
-        *,
-        cluster: InMemoryCluster | None = None,
-        pod_resources: FakePodResources | None = None,
-        **cfg: Any,
-    ) -> RunningPlugin:
-        nvml = FakeNvml(preset(topology))
-        start_nvml(nvml)
-        discovery = discover(nvml, name="node-a")
-        config = PluginConfig(
-            node_name="node-a", kubelet_dir=kubelet.directory,
-            standalone=cluster is None,
-            **{"health_interval_seconds": 0.05, "reconcile_interval_seconds": 0.2,
-               "publish_interval_seconds": 0.2, **cfg},
-        )
-        lister = (PodResourcesClient(pod_resources.socket, config.resource_name).list
-                  if pod_resources is not None else None)
-        app = PluginApp(config, nvml=nvml, discovery=discovery, cluster=cluster,
-                        pod_resources=lister, timings=FAST)
-        thread = threading.Thread(target=app.run, daemon=True)
-        thread.start()
-        assert app.runner.ready.wait(HANG_GUARD_S)
-        rp = RunningPlugin(app=app, nvml=nvml, thread=thread, kubelet=kubelet, cluster=cluster)
+    def start(topology: str = "dgx1-v100", **kw: Any) -> RunningPlugin:
+        rp = run_plugin(kubelet, topology, **kw)
         running.append(rp)
         return rp
 
@@ -185,18 +224,15 @@ def start_plugin(kubelet: FakeKubelet, short_tmp: Path) -> Iterator[StartPlugin]
         rp.stop()
 
 
-def wait_until(condition: Callable[[], bool], *, poll: float = 0.01) -> bool:
-    """Poll ``condition`` until true (False only past the hang guard)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(poll)
-    return True
+#: Put on a ``stream_to_queue`` queue when the server ends the stream.
+STREAM_END = "end of stream"
 
 
 def stream_to_queue(stream: Any) -> queue.Queue[Any]:
-    """Read a server stream on a thread, so a test can wait with a hang guard."""
+    """Read a server stream on a thread, so a test can wait with a hang guard.
+
+    Each response is put on the queue, then ``STREAM_END`` (or the ``grpc.RpcError``).
+    """
     q: queue.Queue[Any] = queue.Queue()
 
     def pump() -> None:
@@ -205,6 +241,8 @@ def stream_to_queue(stream: Any) -> queue.Queue[Any]:
                 q.put(item)
         except grpc.RpcError as e:
             q.put(e)
+        else:
+            q.put(STREAM_END)
 
     threading.Thread(target=pump, daemon=True).start()
     return q

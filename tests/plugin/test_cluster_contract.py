@@ -12,7 +12,6 @@ import contextlib
 import os
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,14 @@ from typing import Any, Protocol
 
 import pytest
 
-from plugin.cluster import ClusterError, InMemoryCluster, NodeCluster, PodEvent, PodInfo
+from plugin.cluster import ClusterError, NodeCluster, PodEvent, PodInfo
 from plugin.publish import node_labels, wanted_object
 from topology.handoff import topology_from_gputopology
 from topology.names import ASSIGNED_GPUS_ANNOTATION, LABEL_GPU_COUNT
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S
+from .fakes import InMemoryCluster
 
 KUBECONFIG = os.environ.get("GPUTOPO_TEST_KUBECONFIG")
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,13 +90,22 @@ class KubeHarness:
             if e.status != 404:
                 raise
             ext.create_custom_resource_definition(crd)
-            deadline = time.monotonic() + HANG_GUARD_S
-            while time.monotonic() < deadline:
-                status = ext.read_custom_resource_definition(crd["metadata"]["name"]).status
-                if status and any(c.type == "Established" and c.status == "True"
-                                  for c in (status.conditions or [])):
-                    break
-                time.sleep(0.2)
+            self._wait_established(ext, crd["metadata"]["name"])
+
+    def _wait_established(self, ext: Any, name: str) -> None:
+        """Watch the CRD until the API server serves it (no polling)."""
+        from kubernetes import watch
+
+        w = watch.Watch()
+        for event in w.stream(ext.list_custom_resource_definition,
+                              field_selector=f"metadata.name={name}",
+                              timeout_seconds=int(HANG_GUARD_S)):
+            status = event["object"].status
+            if status and any(c.type == "Established" and c.status == "True"
+                              for c in (status.conditions or [])):
+                w.stop()
+                return
+        raise AssertionError(f"CRD {name} not established within the hang guard")
 
     def make_node(self, name: str) -> str:
         c = self.client

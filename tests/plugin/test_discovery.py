@@ -15,6 +15,8 @@ from topology.model import Topology
 from topology.parse_nvsmi import parse_topo_matrix
 from topology.presets import PRESETS, preset
 
+from .fakes import FaultyNvml
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 FIXTURES = SHARED / "fixtures" / "topologies"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.txt")) if FIXTURES.is_dir() else []
@@ -114,14 +116,14 @@ def test_bus_ids_and_cpu_lists() -> None:
 
 
 def test_nvml_failing_at_start_is_one_clear_error() -> None:
-    nvml = FakeNvml(preset("dgx1-v100"))
+    nvml = FaultyNvml(preset("dgx1-v100"))
     nvml.fail_init(nvml.NVML_ERROR_DRIVER_NOT_LOADED)
     with pytest.raises(NvmlUnavailable, match="Driver Not Loaded"):
         start_nvml(nvml)
 
 
 def test_a_gpu_that_cannot_be_read_fails_discovery_clearly() -> None:
-    nvml = FakeNvml(preset("dgx1-v100"))
+    nvml = FaultyNvml(preset("dgx1-v100"))
     start_nvml(nvml)
     nvml.fail_device(3)
     with pytest.raises(NvmlUnavailable, match="GPU is lost"):

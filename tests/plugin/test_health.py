@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-from plugin.fakenvml import FakeNvml
 from plugin.health import DEFAULT_IGNORED_XIDS, HealthEvent, HealthMonitor, parse_xids
 from plugin.nvml import start_nvml
 from topology.handoff import stable_gpu_uuid
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S
+from .fakes import FaultyNvml
 
 U = [stable_gpu_uuid(i) for i in range(8)]
 
@@ -26,8 +26,8 @@ class Clock:
         return self.now
 
 
-def _monitor(**kw: object) -> tuple[HealthMonitor, FakeNvml, queue.Queue[HealthEvent], Clock]:
-    nvml = FakeNvml(preset("dgx1-v100"))
+def _monitor(**kw: object) -> tuple[HealthMonitor, FaultyNvml, queue.Queue[HealthEvent], Clock]:
+    nvml = FaultyNvml(preset("dgx1-v100"))
     start_nvml(nvml)
     out: queue.Queue[HealthEvent] = queue.Queue()
     clock = Clock()
@@ -128,10 +128,7 @@ def test_the_loop_turns_nvml_events_into_health_events() -> None:
     thread.start()
     try:
         # Events are only delivered once the loop has registered for them.
-        deadline = HANG_GUARD_S
-        while len(mon._registered) < len(U) and deadline > 0:
-            stop.wait(0.01)
-            deadline -= 0.01
+        assert nvml.changes.wait_for(lambda: len(nvml.registered_for_events) == len(U))
         nvml.inject_xid(0, 31)  # ignored
         nvml.inject_xid(7, 94)
         event = out.get(timeout=HANG_GUARD_S)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from plugin.cluster import InMemoryCluster
 from plugin.config import from_args
 from plugin.publish import Publisher, label_value, node_labels
 from topology.handoff import topology_from_gputopology
@@ -23,6 +22,7 @@ from topology.names import (
 from topology.presets import preset
 
 from .conftest import HANG_GUARD_S
+from .fakes import InMemoryCluster
 
 
 def test_publisher_creates_object_owned_by_the_node_and_labels_it() -> None:
@@ -53,7 +53,9 @@ def test_publisher_retries_until_the_node_exists() -> None:
     thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        assert not pub.published.wait(0.05)  # the node is not there yet: retrying
+        # The node is not there yet: the publisher keeps trying, and has not published.
+        assert cluster.changes.wait_for(lambda: cluster.missing_node_lookups >= 2)
+        assert not pub.published.is_set()
         cluster.add_node("late")
         assert pub.published.wait(HANG_GUARD_S)
     finally:

@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from plugin.api import deviceplugin_pb2 as pb
-from plugin.cluster import InMemoryCluster, PodInfo
+from plugin.cluster import PodInfo
 from plugin.pods import entry_for
 from plugin.reconcile import plan
 from topology.handoff import decode_gpu_sets, encode_gpu_sets, stable_gpu_uuid
 from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
-from .conftest import FakeKubelet, FakePodResources, StartPlugin, wait_until
+from .conftest import HANG_GUARD_S, FakeKubelet, FakePodResources, StartPlugin
+from .fakes import Changes, InMemoryCluster
 
 DGX1 = preset("dgx1-v100")
 U = [stable_gpu_uuid(i) for i in range(8)]
@@ -57,19 +58,23 @@ def test_two_pods_admitted_in_opposite_order_end_with_good_sets_and_true_records
     cluster.put_pod(_pod("b", "2026-01-01T00:00:01+00:00", [U[1], U[2]]))
     plugin = start_plugin(cluster=cluster, pod_resources=pod_resources)
     kubelet.next_registration()
-    assert plugin.app.pods.synced.wait(60)
+    assert plugin.app.pods.synced.wait(HANG_GUARD_S)
+    pods_changed = Changes()
+    plugin.app.pods.on_change(pods_changed.notify)
     channel, stub = plugin.stub()
     with channel:
         # The kubelet admits B first. No pod identity: it gets A's set.
         got_b = _admit(stub, U)
         pod_resources.hold("ml", "b", "main", got_b)
-        assert wait_until(lambda: _allocated(cluster, "b") == {"main": tuple(sorted(got_b))})
-        assert wait_until(lambda: (plugin.app.pods.snapshot()[("ml", "b")].allocated or {})
-                          .get("main") == tuple(sorted(got_b)))
+        assert cluster.changes.wait_for(
+            lambda: _allocated(cluster, "b") == {"main": tuple(sorted(got_b))})
+        assert pods_changed.wait_for(lambda: (plugin.app.pods.snapshot()[("ml", "b")].allocated
+                                              or {}).get("main") == tuple(sorted(got_b)))
         # Then A, among what is left: it gets the set B was assigned.
         got_a = _admit(stub, [u for u in U if u not in got_b])
         pod_resources.hold("ml", "a", "main", got_a)
-        assert wait_until(lambda: _allocated(cluster, "a") == {"main": tuple(sorted(got_a))})
+        assert cluster.changes.wait_for(
+            lambda: _allocated(cluster, "a") == {"main": tuple(sorted(got_a))})
 
     assert set(got_b) == {U[0], U[3]}
     assert set(got_a) == {U[1], U[2]}
@@ -94,7 +99,7 @@ def test_periodic_reconcile_repairs_a_wrong_record(
     start_plugin(cluster=cluster, pod_resources=pod_resources)
     kubelet.next_registration()
     # No Allocate happened: the periodic pass alone finds and fixes the wrong record.
-    assert wait_until(lambda: _allocated(cluster, "c") == {"main": (U[4], U[7])})
+    assert cluster.changes.wait_for(lambda: _allocated(cluster, "c") == {"main": (U[4], U[7])})
 
 
 def test_plan_writes_only_missing_or_different_records() -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plugin.cluster import PodInfo
 from plugin.pods import entry_for
@@ -15,12 +17,18 @@ from plugin.resources import (
     AllocateOptions,
     AllocationError,
     KubeletRecord,
+    Preferred,
+    Refused,
     TopologyResourceManager,
     assigned_candidates,
 )
 from topology.handoff import encode_gpu_sets, stable_gpu_uuid
+from topology.links import Link
+from topology.model import Topology
 from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
+
+from .reference import preferred_refusal
 
 U = [stable_gpu_uuid(i) for i in range(8)]
 DGX1 = preset("dgx1-v100").with_gpus(
@@ -118,6 +126,7 @@ def test_preferred(case: Case) -> None:
     if case.name.startswith("unknown"):
         available.append("GPU-elsewhere")
     got = rm.preferred(available, [U[i] for i in case.must], case.size)
+    assert isinstance(got, Preferred)
     idx = frozenset(U.index(u) for u in got.devices)
     assert got.source == case.source
     assert len(got.devices) == case.size
@@ -132,11 +141,84 @@ def test_preferred(case: Case) -> None:
         assert idx.isdisjoint({4, 5, 6, 7})
 
 
-def test_fallback_stays_inside_available_and_keeps_must_include() -> None:
-    rm = _rm()
-    got = rm.preferred([U[1], U[2]], [U[2]], 3)  # impossible: only 2 available
-    assert got.source == "fallback"
-    assert set(got.devices) <= {U[1], U[2]} and U[2] in got.devices
+def test_beyond_the_allocator_the_fallback_is_exact() -> None:
+    """17 GPUs (past the allocator's 16): by index, inside available, with must_include."""
+    n = 17
+    pix = Link.parse("PIX")
+    t = Topology.from_matrix([[None if i == j else pix for j in range(n)] for i in range(n)])
+    ids = [stable_gpu_uuid(i) for i in range(n)]
+    rm = TopologyResourceManager(t.with_gpus(replace(g, uuid=ids[g.index]) for g in t.gpus))
+    got = rm.preferred(ids[3:], [ids[16]], 3)
+    assert isinstance(got, Preferred) and got.source == "fallback"
+    assert got.devices == (ids[16], ids[3], ids[4])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refusal:
+    name: str
+    available: tuple[str, ...] = tuple(U)
+    must: tuple[str, ...] = ()
+    size: int = 2
+    field: str
+    says: str
+
+
+REFUSALS = [
+    Refusal(name="size 0", size=0, field="allocation_size", says="at least 1, got 0"),
+    Refusal(name="negative size", size=-(2**31), field="allocation_size", says="-2147483648"),
+    # 2**31 - 1 once answered all 8 GPUs.
+    Refusal(name="more than the node", size=2**31 - 1, field="allocation_size",
+            says="2147483647 devices asked, but available_deviceIDs holds 8 GPUs"),
+    Refusal(name="more than available", available=(U[0], U[1], "GPU-elsewhere"), size=3,
+            field="allocation_size", says="holds 2 GPUs of this node (and 1 IDs it does not"),
+    # must_include of 4 with size 2 once answered 4.
+    Refusal(name="must_include beyond size", must=tuple(U[:4]), field="allocation_size",
+            says="2 is fewer than the 4 must_include_deviceIDs"),
+    # A must_include ID outside available was once dropped without a word.
+    Refusal(name="must_include not available", available=tuple(U[:4]), must=(U[6],),
+            field="must_include_deviceIDs", says=f"'{U[6]}' is not in available_deviceIDs"),
+    Refusal(name="must_include of another node", available=(*U, "GPU-x"), must=("GPU-x",),
+            field="must_include_deviceIDs", says="'GPU-x' is not a GPU of this node"),
+    Refusal(name="available twice", available=(U[0], U[1], U[0]),
+            field="available_deviceIDs", says=f"'{U[0]}' is listed twice"),
+    Refusal(name="must_include twice", must=(U[1], U[1]),
+            field="must_include_deviceIDs", says=f"'{U[1]}' is listed twice"),
+    Refusal(name="huge ID cut", available=(*U, "G" * 10**6), must=("G" * 10**6,),
+            field="must_include_deviceIDs",
+            says=f"'{'G' * 64}... (1000000 bytes)' is not a GPU of this node"),
+]
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=lambda c: c.name)
+def test_preferred_refuses_naming_the_field(case: Refusal) -> None:
+    got = _rm().preferred(list(case.available), list(case.must), case.size)
+    assert isinstance(got, Refused)
+    assert got.field == case.field
+    assert case.says in got.reason
+    assert len(got.reason) < 300
+
+
+IDS = st.sampled_from([*U, "GPU-elsewhere", ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(available=st.lists(IDS, max_size=11), must=st.lists(IDS, max_size=4),
+       size=st.one_of(st.integers(-3, 10), st.sampled_from([-(2**31), 2**31 - 1])),
+       assigned=st.lists(st.sets(st.integers(0, 7), min_size=1, max_size=4), max_size=3))
+def test_preferred_is_exactly_the_size_asked_or_refused(
+    available: list[str], must: list[str], size: int, assigned: list[set[int]]
+) -> None:
+    """Any request: refused on the field the rules name, or exactly ``size`` distinct GPUs
+    of ``available`` holding every ``must_include`` (pods' assigned sets or not)."""
+    pods = [_pod(f"p{k}", {"main": sorted(ix)}) for k, ix in enumerate(assigned)]
+    got = _rm(pods).preferred(available, must, size)
+    field = preferred_refusal(available, must, size, U)
+    if field is not None:
+        assert isinstance(got, Refused) and got.field == field
+        return
+    assert isinstance(got, Preferred)
+    assert len(got.devices) == size == len(set(got.devices))
+    assert set(must) <= set(got.devices) <= set(available) & set(U)
 
 
 def test_candidates_skip_sets_naming_gpus_of_other_nodes() -> None:
@@ -154,6 +236,12 @@ def test_allocate_refuses_unknown_and_unhealthy_ids_naming_them() -> None:
     rm = _rm()
     with pytest.raises(AllocationError, match="GPU-nope"):
         rm.allocate([U[0], "GPU-nope"])
+    with pytest.raises(AllocationError, match=rf"{U[2]} \(GPU2\) is listed twice"):
+        rm.allocate([U[2], U[2], U[2]])
+    with pytest.raises(AllocationError) as err:
+        rm.allocate(["GPU-" + "y" * 2**20])
+    assert str(err.value) == (
+        f"unknown device '{'GPU-' + 'y' * 60}... ({4 + 2**20} bytes)': not a GPU of this node")
     assert rm.set_health(U[3], False, "XID 79")
     assert not rm.set_health(U[3], False, "XID 79")  # no change, no wake-up
     with pytest.raises(AllocationError, match=f"{U[3]}.*XID 79"):
@@ -175,13 +263,19 @@ def test_allocate_env_and_existing_device_nodes(tmp_path: Path) -> None:
     assert {s.permissions for s in got.device_specs} == {"rw"}
 
 
-def test_health_change_wakes_waiters() -> None:
+def test_health_change_tells_every_subscriber_once() -> None:
     rm = _rm()
+    told: list[str] = []
+    unsubscribe = rm.subscribe(lambda: told.append("a"))
+    rm.subscribe(lambda: told.append("b"))
     v = rm.version
-    assert rm.wait_for_change(v, 0.0) == v
-    rm.set_health(U[0], False, "XID 48")
-    assert rm.wait_for_change(v, 0.0) != v
-    assert [d.health for d in rm.devices()][:2] == ["Unhealthy", "Healthy"]
+    assert rm.set_health(U[0], False, "XID 48")
+    assert not rm.set_health(U[0], False, "XID 48")  # no change: nobody is told
+    assert told == ["a", "b"] and rm.version == v + 1
+    unsubscribe()
+    assert rm.set_health(U[0], True)
+    assert told == ["a", "b", "b"]
+    assert [d.health for d in rm.devices()][:2] == ["Healthy", "Healthy"]
 
 
 def test_gpus_without_uuid_are_refused_at_construction() -> None:

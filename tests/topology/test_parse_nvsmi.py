@@ -360,6 +360,131 @@ class TestUntidyInputs:
         assert parse_topo_matrix(text).links == parse_topo_matrix(GOOD).links
 
 
+# --- empty affinity cells (containers, VMs) ----------------------------------------------
+
+_AFFINITY = ("CPU Affinity", "NUMA Affinity")
+_BLANKS = (("CPU Affinity", "NUMA Affinity"), ("CPU Affinity",), ("NUMA Affinity",))
+_FORMS = ("tab-separated", "tabs expanded", "spaces in place")
+
+
+def _unexpand(line: str) -> str:
+    """``unexpand -a``: spaces that end at a tab stop (every 8 columns) become a tab."""
+    out = []
+    for k in range(0, len(line), 8):
+        chunk = line[k:k + 8]
+        if len(chunk) == 8 and chunk.endswith(" ") and line[k + 8:].strip():
+            chunk = chunk.rstrip(" ") + "\t"
+        out.append(chunk)
+    return "".join(out)
+
+
+def _tab_form(text: str) -> str:
+    """The fixture as nvidia-smi wrote it: tab-separated (space-aligned files unexpanded)."""
+    return "\n".join(line if "\t" in line else _unexpand(line) for line in text.split("\n"))
+
+
+def _header_fields(tab_text: str) -> list[str]:
+    header = next(line for line in tab_text.split("\n") if "CPU Affinity" in line)
+    return [f.strip() for f in header.split("\t")]
+
+
+def _blanked(text: str, columns: tuple[str, ...], form: str) -> str:
+    """Every GPU row with the cells under ``columns`` emptied, as a container prints it."""
+    tabbed = _tab_form(text)
+    header = _header_fields(tabbed)
+    at = [header.index(c) for c in columns]  # a GPU row's cells line up with the header's
+    lines = tabbed.split("\n")
+    spaced = text.expandtabs(8).split("\n")
+    for n, line in enumerate(lines):
+        if not line.startswith("GPU") or line.split("\t")[0] not in header:
+            continue
+        fields = line.split("\t")
+        for k in at:  # where the cell starts on the screen, from the row as printed
+            start = len(("\t".join(fields[:k]) + "\t").expandtabs(8))
+            width = len(fields[k])
+            spaced[n] = spaced[n][:start] + " " * width + spaced[n][start + width:]
+        for k in at:
+            fields[k] = ""
+        lines[n] = "\t".join(fields)
+    if form == "spaces in place":  # the values' characters replaced by spaces
+        return "\n".join(spaced)
+    out = "\n".join(lines)
+    return out.expandtabs(8) if form == "tabs expanded" else out
+
+
+def _blank_cases() -> list[tuple[str, tuple[str, ...], str]]:
+    cases = []
+    for stem in ALL_STEMS:
+        columns = _AFFINITY
+        if have_fixtures():
+            columns = tuple(c for c in _AFFINITY if c in fixture_text(stem))
+        cases += [(stem, blank, form) for blank in _BLANKS if set(blank) <= set(columns)
+                  for form in _FORMS]
+    return cases
+
+
+class TestEmptyAffinityCells:
+    @pytest.mark.parametrize(("stem", "blank", "form"), _blank_cases(),
+                             ids=lambda v: "+".join(v) if isinstance(v, tuple) else v)
+    def test_blanked_fixture_reads_as_its_header_says(
+        self, stem: str, blank: tuple[str, ...], form: str
+    ) -> None:
+        """A real matrix with its affinity cells emptied: the links and every other cell
+        are read as before, the emptied cells are None (GPU NUMA ID stays N/A)."""
+        text = fixture_text(stem)
+        want = parse_topo_matrix(text)
+        blanked = _blanked(text, blank, form)
+        assert blanked != text
+        got = parse_topo_matrix(blanked)
+        assert got.links == want.links
+        assert got.nics == want.nics
+        has_numa = "NUMA Affinity" in text
+        for g, w in zip(got.gpus, want.gpus, strict=True):
+            assert g.cpu_affinity == (None if "CPU Affinity" in blank else w.cpu_affinity)
+            # Without a NUMA column the node is inferred from CPU Affinity.
+            numa_gone = "NUMA Affinity" in blank or (not has_numa and "CPU Affinity" in blank)
+            assert g.numa_node == (None if numa_gone else w.numa_node)
+
+    def test_the_blanked_forms_are_the_ones_a_container_prints(self) -> None:
+        """The tab form has the empty cells as tabs in a row; the others only spaces."""
+        text = fixture_text("pcie_8gpu_nvlink_bridge_pairs_nv12")
+        row = "GPU0\t X \tSYS\tNV12\tSYS\tSYS\tSYS\tSYS\tSYS\t\t\t\tN/A"
+        assert row in _blanked(text, _AFFINITY, "tab-separated").split("\n")
+        assert row.expandtabs(8) in _blanked(text, _AFFINITY, "spaces in place").split("\n")
+
+    def test_each_cell_goes_to_its_column(self) -> None:
+        """An empty CPU cell does not shift the NUMA value left, nor an empty NUMA cell
+        the GPU NUMA ID: GPU1's node is 1 (from NUMA Affinity), GPU0's none."""
+        text = (
+            "\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\n"
+            "GPU0\t X \tNV4\t0-5\t\t\t2\n"
+            "GPU1\tNV4\t X \t\t1\t\tN/A\n"
+        )
+        for form in (text, text.expandtabs(8)):
+            t = parse_topo_matrix(form)
+            assert [(g.cpu_affinity, g.numa_node) for g in t.gpus] == [("0-5", None), (None, 1)]
+
+    def test_the_last_cell_is_read_as_gpu_numa_id(self) -> None:
+        """With CPU and NUMA empty, the one value left is checked as GPU NUMA ID."""
+        text = (
+            "\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\n"
+            "GPU0\t X \tNV4\t\t\t\tN/A\n"
+            "GPU1\tNV4\t X \t\t\t\tone\n"
+        )
+        with pytest.raises(TopologyError, match=r"row GPU1, column GPU NUMA ID: .*'one'"):
+            parse_topo_matrix(text)
+
+    def test_an_empty_link_cell_is_refused(self) -> None:
+        """Only affinity cells may be empty: a link cell missing is a short row."""
+        text = (
+            "\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\n"
+            "GPU0\t X \t\t0-5\t0\t\tN/A\n"
+            "GPU1\tNV4\t X \t0-5\t0\t\tN/A\n"
+        )
+        with pytest.raises(TopologyError, match="row GPU0 has too few cells: expected 5"):
+            parse_topo_matrix(text)
+
+
 # --- fuzz --------------------------------------------------------------------------------
 
 def _seed_texts() -> list[str]:
