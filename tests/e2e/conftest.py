@@ -1,7 +1,8 @@
 """The real cluster for the end-to-end suite: started once per session, stopped at the end.
 
 Skipped, with the reason, only where what it needs cannot be had (Go, etcd, root). With
-``GPUTOPO_E2E_REQUIRED=1`` (CI) a missing piece fails the run instead of skipping.
+``GPUTOPO_E2E_REQUIRED=1`` (CI) a missing piece fails the run instead of skipping
+(see ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ClusterSpec, E2EUnavailable, LocalCluster, NodeSpec, find_tools
+from tests.conftest import tools_or_skip
+from tests.e2e.harness import ClusterSpec, LocalCluster, NodeSpec, Tools
 
 #: gpu-a: the only node with NVLink rings of 4 and 8; gpu-b: every pair SYS; gpu-c: one
 #: NVLink pair (0-1) and two GPUs outside it (2-3, NODE): the orphans a 1-GPU pod takes.
@@ -26,26 +28,16 @@ NODES = (
 )
 
 
-def _tools_or_skip() -> object:
-    try:
-        return find_tools()
-    except E2EUnavailable as e:
-        if os.environ.get("GPUTOPO_E2E_REQUIRED") == "1":
-            pytest.fail(f"end-to-end suite required (GPUTOPO_E2E_REQUIRED=1) but: {e}")
-        pytest.skip(f"end-to-end suite needs the real Kubernetes components: {e}")
+@pytest.fixture(scope="session")
+def e2e_tools() -> Tools:
+    return tools_or_skip()
 
 
 @pytest.fixture(scope="session")
-def e2e_tools() -> object:
-    return _tools_or_skip()
-
-
-@pytest.fixture(scope="session")
-def cluster(e2e_tools: object) -> Iterator[LocalCluster]:
+def cluster(e2e_tools: Tools) -> Iterator[LocalCluster]:
     # Short path: unix socket paths are limited to 108 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="gte2e-", dir="/tmp"))
-    c = LocalCluster(spec=ClusterSpec(nodes=NODES), workdir=workdir,
-                     tools=e2e_tools).up()  # type: ignore[arg-type]
+    c = LocalCluster(spec=ClusterSpec(nodes=NODES), workdir=workdir, tools=e2e_tools).up()
     failed = False
     try:
         yield c

@@ -9,7 +9,6 @@ GPUTopology CRD from manifests/ if it is missing; it deletes what it created.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 import uuid
@@ -28,7 +27,6 @@ from topology.presets import preset
 from .conftest import HANG_GUARD_S
 from .fakes import InMemoryCluster
 
-KUBECONFIG = os.environ.get("GPUTOPO_TEST_KUBECONFIG")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -143,11 +141,8 @@ class KubeHarness:
 @pytest.fixture(params=["memory", "kubernetes"])
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if request.param == "kubernetes":
-        if not KUBECONFIG:
-            pytest.skip("set GPUTOPO_TEST_KUBECONFIG to a kubeconfig to run the contract "
-                        "against a real API server (it creates a Node object, a namespace, "
-                        "pods and the GPUTopology CRD)")
-        h: Harness = KubeHarness(KUBECONFIG)
+        # GPUTOPO_TEST_KUBECONFIG, else the end-to-end harness's own control plane.
+        h: Harness = KubeHarness(request.getfixturevalue("real_kubeconfig"))
     else:
         h = MemoryHarness()
     try:
