@@ -26,7 +26,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict topology extender
+	$(VENV)/bin/mypy --strict topology extender simulator
 	$(VENV)/bin/lint-imports
 
 bench: setup
