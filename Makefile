@@ -32,6 +32,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_allocator.py
 	$(PY) benchmarks/bench_extender.py
+	$(PY) benchmarks/bench_simulator.py
 
 stubs: setup
 	$(PY) -m plugin.api.generate

@@ -403,7 +403,7 @@ class Simulation:
     def _land(self, pod: _Pod) -> None:
         job = pod.job
         node = pod.node
-        if pod.cancelled:
+        if pod.cancelled or job.failed:
             self._take(node, pod.size, -1)
             return
         k = pod.size
@@ -572,7 +572,13 @@ class Simulation:
     def _schedule_job(self, job: _Job) -> bool:
         self._new_pods(job)
         for m, pod in enumerate(job.pods):
-            if not self._schedule_pod(pod):
+            placed = self._schedule_pod(pod)
+            if job.failed:
+                # An earlier member's bind landed in this cycle and failed: the job is
+                # already queued for a retry; this member's bind is forgotten.
+                pod.cancelled = placed
+                return True
+            if not placed:
                 # A gang member found no node: Permit rejects the group.
                 for p in job.pods[:m]:
                     if p.devices:
