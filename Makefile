@@ -38,13 +38,14 @@ cluster-down:
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict topology extender plugin
+	$(VENV)/bin/mypy --strict topology extender plugin simulator
 	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) benchmarks/bench_allocator.py
 	$(PY) benchmarks/bench_extender.py
 	$(PY) benchmarks/bench_plugin.py
+	$(PY) benchmarks/bench_simulator.py
 
 # The real kube-scheduler with and without the extender, 1,000 and 5,000 nodes (~15 min).
 bench-scheduler: setup

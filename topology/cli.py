@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeAlias
 
 from topology.allocate import Allocation, Result, allocator_for, mask_of
 from topology.links import MIN_LINK_VALUES_TEXT, Link, parse_min_link
@@ -21,7 +21,7 @@ from topology.render import to_dot, to_matrix_text, to_svg
 from topology.serialize import dumps
 from topology.sources import load_topology
 
-__all__ = ["main"]
+__all__ = ["Command", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_NO_FIT = 1
@@ -204,7 +204,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Adds a subcommand to ``gputopo`` (packages above topology/ bring their own, e.g. the
+#: simulator's ``simulate``): registers a parser on the given subparsers with
+#: ``set_defaults(func=...)``, ``func(args, out, stdin) -> exit code``.
+Command: TypeAlias = "Callable[[argparse._SubParsersAction[Any]], None]"
+
+
+def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
     p = _Parser(prog="gputopo", description="GPU topology tools: parse, show, allocate.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -230,12 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument("--batch", help="JSON lines of requests ('-' for stdin); one result per line")
     sp.set_defaults(func=cmd_allocate)
+    for add in extra:
+        add(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
-         stdin: TextIO | None = None) -> int:
-    args = build_parser().parse_args(argv)
+         stdin: TextIO | None = None, extra: Sequence[Command] = ()) -> int:
+    args = build_parser(extra).parse_args(argv)
     func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
     try:
         return func(args, out or sys.stdout, stdin or sys.stdin)
