@@ -16,7 +16,7 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -168,9 +168,12 @@ def main() -> int:
     show_allocator()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # The demo's binds are kept in a state file of its own: every run starts afresh.
+    state_dir = tempfile.TemporaryDirectory(prefix="gputopo-demo-")
     proc = subprocess.Popen(
         [sys.executable, "-m", "extender.main", "--host", "127.0.0.1", "--port", str(port),
-         "--cluster-file", args.cluster_file],
+         "--cluster-file", args.cluster_file,
+         "--state-file", str(Path(state_dir.name) / "state.json")],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -188,7 +191,7 @@ def main() -> int:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        time.sleep(0)
+        state_dir.cleanup()
     if proc.returncode not in (0, -15, None) and proc.stderr is not None:
         print(proc.stderr.read(), file=sys.stderr)
     return 0

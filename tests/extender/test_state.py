@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from extender.memory import MemoryCluster
 from extender.plan import Plan, Rejection, place
+from extender.pods import decode_pod
 from extender.request import GpuRequest, PodRef
 from extender.state import BIND_GRACE_S, ClusterState, Holding
-from topology.allocate import allocator_for, indices_of, mask_of
+from extender.views import users
+from topology.allocate import allocator_for
+from topology.gpuids import indices_of, mask_of
 from topology.handoff import gpu_ids, stable_gpu_uuid
 from topology.presets import preset
 
@@ -38,7 +42,7 @@ def test_hold_release_reserve_commit_update_the_free_mask() -> None:
     assert indices_of(n.free_mask) == (2, 3, 4, 5, 6, 7)
     s.reserve(holding("b", "n1", [2, 3]))
     assert indices_of(n.free_mask) == (4, 5, 6, 7)
-    assert s.users("n1")[2] == "ns/b (binding)"
+    assert users(s, "n1")[2] == "ns/b (binding)"
     s.commit("b", "bind")
     assert "b" in s.holdings and "b" not in s.reservations
     assert indices_of(n.free_mask) == (4, 5, 6, 7)
@@ -161,11 +165,16 @@ def test_two_containers_get_a_joint_placement_when_greedy_would_fail() -> None:
     assert sorted(sorted(s) for _, s in v.sets) == [[0, 1], [5, 7]]
 
 
-def test_remembered_pods_are_bounded() -> None:
-    s = ClusterState(remembered_pods=3)
+def test_pods_seen_in_filter_are_remembered_within_bounds() -> None:
+    c = MemoryCluster(remembered_pods=3)
     for i in range(5):
-        s.remember_pod(gpu_pod(f"p{i}"))
-    assert s.recall_pod("uid-p0") is None and s.recall_pod("uid-p4") is not None
+        c.note_pod(decode_pod(gpu_pod(f"p{i}")))
+    assert c.seen("uid-p0") is None and c.seen("uid-p4") is not None
+    # and within bytes: a pod of many containers counts for more
+    c = MemoryCluster(remembered_bytes=20_000)
+    c.note_pod(decode_pod(gpu_pod("small")))
+    c.note_pod(decode_pod(gpu_pod("wide", gpus={f"c{i}": 1 for i in range(200)})))
+    assert c.seen("uid-small") is None and c.seen("uid-wide") is None
 
 
 def test_commit_keeps_what_the_watch_already_delivered() -> None:
