@@ -82,6 +82,7 @@ def _serve(verb: str, handler: VerbHandler) -> Handler:
             else:
                 async with ext.intake.receive(request) as data:
                     response = await handler(request, data)
+                    del data  # the intake frees a large body (see Intake.receive)
         except BadRequest as e:
             n = ext.throttle.allow(("body", verb, type(e).__name__, str(e).split(":", 1)[0]))
             if n is not None:

@@ -167,7 +167,7 @@ class Decisions:
         size = (_PER_ANSWER + len(answer.body) + _PER_NAME * len(names)
                 + sum(map(len, names)))
         if size <= self.answer_bytes // 4:
-            self._answers[slot] = _Memo(version=version, names=names,
+            self._answers[slot] = _Memo(version=version, names=list(names),
                                         answer=cast(Answer[object], answer), size=size)
             self._answer_total += size
             while self._answer_total > self.answer_bytes:

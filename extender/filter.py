@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from itertools import compress
@@ -33,6 +34,7 @@ __all__ = [
     "FilterOutcome",
     "answer",
     "decide",
+    "decide_in_slices",
     "encode",
     "encode_names",
     "error_result",
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 UNKNOWN_NODE: Final = UNKNOWN.reason
 #: A full-``Nodes`` answer for more candidates than this is encoded in a worker thread.
 _LARGE_NODE_LIST: Final = 100
+#: More candidates than this are judged in slices (the event loop runs between them) and
+#: the answer is encoded in a worker thread.
+SLICE: Final = 10_000
 
 _REASON = attrgetter("reason")
 
@@ -144,17 +149,19 @@ def _of(state: ClusterState, decisions: Decisions | None) -> Decisions:
     return decisions
 
 
-def encode_names(
-    decisions: Decisions, request: GpuRequest, names: list[str]
-) -> Answer[FilterCounts] | None:
-    """The answer to a ``NodeNames`` request, encoded from pre-encoded fragments.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Parts:
+    """A ``NodeNames`` answer in pieces: names (plain or escaped) and reason fragments."""
 
-    The same bytes as ``json_bytes(encode(args, decide(...)))`` (tested), without a dict
-    per answer or escaping a reason per node. None for what it does not do: a pod
-    without GPUs, or a name given twice (``FailedNodes`` is a map).
-    """
-    if request.empty:
-        return None
+    passed: list[str]
+    failed: list[str]
+    failed_fragments: list[str]
+    unresolvable: list[str]
+    unresolvable_fragments: list[str]
+    counts: FilterCounts
+
+
+def _parts(decisions: Decisions, request: GpuRequest, names: list[str]) -> _Parts:
     judged, keys, codes = _judge(decisions, request, names)
     fails = codes.translate(_FAILS)
     passed = list(compress(names, codes.translate(_PASSES)))
@@ -166,17 +173,52 @@ def encode_names(
         sel = codes.translate(_UNRESOLVABLES)
         unresolvable = list(compress(names, sel))
         unresolvable_fragments = list(map(judged.fragments.__getitem__, compress(keys, sel)))
-    if len(set(failed)) != len(failed) or len(set(unresolvable)) != len(unresolvable):
-        return None
+    counts = FilterCounts(passed=len(passed), failed=codes.count(_FAILED),
+                          unknown=codes.count(_UNKNOWN), unresolvable=len(unresolvable))
     if not plain_names(names):
         passed = escape_names(passed)
         failed = escape_names(failed)
         unresolvable = escape_names(unresolvable)
-    body = filter_names_body(passed, failed, failed_fragments, unresolvable,
-                             unresolvable_fragments)
-    return Answer(body=body, counts=FilterCounts(
-        passed=len(passed), failed=codes.count(_FAILED), unknown=codes.count(_UNKNOWN),
-        unresolvable=len(unresolvable)))
+    return _Parts(passed=passed, failed=failed, failed_fragments=failed_fragments,
+                  unresolvable=unresolvable, unresolvable_fragments=unresolvable_fragments,
+                  counts=counts)
+
+
+def _join(parts: list[_Parts]) -> Answer[FilterCounts] | None:
+    """The answer from its pieces; None when a name is given twice (``FailedNodes`` is a
+    map, so the plain encoder decides which entry stays)."""
+    if len(parts) == 1:
+        (p,) = parts
+    else:
+        p = _Parts(
+            passed=[n for x in parts for n in x.passed],
+            failed=[n for x in parts for n in x.failed],
+            failed_fragments=[f for x in parts for f in x.failed_fragments],
+            unresolvable=[n for x in parts for n in x.unresolvable],
+            unresolvable_fragments=[f for x in parts for f in x.unresolvable_fragments],
+            counts=FilterCounts(**{k: sum(getattr(x.counts, k) for x in parts) for k in (
+                "passed", "failed", "unknown", "unresolvable")}))
+    if len(set(p.failed)) != len(p.failed) or len(set(p.unresolvable)) != len(p.unresolvable):
+        return None
+    body = filter_names_body(p.passed, p.failed, p.failed_fragments, p.unresolvable,
+                             p.unresolvable_fragments)
+    return Answer(body=body, counts=p.counts)
+
+
+def encode_names(
+    decisions: Decisions, request: GpuRequest, names: list[str]
+) -> Answer[FilterCounts] | None:
+    """The answer to a ``NodeNames`` request, encoded from pre-encoded fragments.
+
+    The same bytes as ``json_bytes(encode(args, decide(...)))`` (tested), without a dict
+    per answer or escaping a reason per node: the candidates' names are joined as they
+    are when they need no escaping (node names never do), and every rejection's reason
+    was encoded once, when its verdict was made. None for what it does not do: a pod
+    without GPUs, or a name given twice (``FailedNodes`` is a map).
+    """
+    if request.empty:
+        return None
+    return _join([_parts(decisions, request, names)])
 
 
 def encode(args: FilterArgs, out: FilterOutcome) -> ExtenderFilterResult:
@@ -199,6 +241,23 @@ def _counts(out: FilterOutcome) -> FilterCounts:
     unknown = countOf(out.failed.values(), UNKNOWN_NODE) if out.failed else 0
     return FilterCounts(passed=len(out.passed), failed=len(out.failed) - unknown,
                         unknown=unknown, unresolvable=len(out.unresolvable))
+
+
+async def decide_in_slices(
+    state: ClusterState, request: GpuRequest, names: list[str], *, decisions: Decisions
+) -> FilterOutcome:
+    """:func:`decide`, :data:`SLICE` candidates at a time, letting the event loop run in
+    between (the same outcome while the state does not change meanwhile)."""
+    passed: list[str] = []
+    failed: dict[str, str] = {}
+    unresolvable: dict[str, str] = {}
+    for i in range(0, len(names), SLICE):
+        out = decide(state, request, names[i:i + SLICE], decisions=decisions)
+        passed += out.passed
+        failed.update(out.failed)
+        unresolvable.update(out.unresolvable)
+        await asyncio.sleep(0)
+    return FilterOutcome(passed=passed, failed=failed, unresolvable=unresolvable)
 
 
 def answer(decisions: Decisions, request: GpuRequest, args: FilterArgs) -> Answer[FilterCounts]:
@@ -225,9 +284,22 @@ async def handle(ext: Extender, data: Any) -> web.Response:
     gpu = pod.request
     if not gpu.empty:
         ext.cluster.note_pod(pod)
-    if args.node_list is not None and len(args.names) > _LARGE_NODE_LIST:
-        # A full-Nodes answer echoes the Node objects: encode it off the event loop.
-        out = decide(ext.state, gpu, args.names, decisions=ext.decisions)
+    many = len(args.names) > 2 * SLICE
+    sliced: Answer[FilterCounts] | None = None
+    if many and args.by_name and args.node_list is None and not gpu.empty:
+        # Many names: judged in slices, joined from their pieces off the event loop.
+        parts = []
+        for i in range(0, len(args.names), SLICE):
+            parts.append(_parts(ext.decisions, gpu, args.names[i:i + SLICE]))
+            await asyncio.sleep(0)
+        sliced = await ext.intake.run(_join, parts)
+        del parts
+    if sliced is not None:
+        result = sliced
+    elif many or (args.node_list is not None and len(args.names) > _LARGE_NODE_LIST):
+        # A full-Nodes answer (it echoes the Node objects), or names given twice: judge
+        # in slices and encode off the event loop.
+        out = await decide_in_slices(ext.state, gpu, args.names, decisions=ext.decisions)
         body = await ext.intake.run(dumps_chunked, encode(args, out))
         result = Answer(body=body, counts=_counts(out))
     else:

@@ -7,8 +7,10 @@ so that neither kind can hurt the process:
 
 * **Limits.** At most ``max_body_bytes`` on the wire *and* decoded. ``Content-Encoding:
   gzip`` / ``deflate`` are inflated here, as the bytes stream in, in steps of at most
-  1 MiB: a decompression bomb is refused at the limit, never inflated past it. Any
-  other encoding, or a body that is not what its encoding says, is a 400.
+  1 MiB: a body is refused at the limit, never inflated past it, and one that inflates
+  over 200 times its compressed size (a decompression bomb; JSON of Kubernetes objects
+  compresses 5 to 50 times) is refused as soon as it does. Any other encoding, or a
+  body that is not what its encoding says, is a 400.
 * **Time.** The whole body must arrive within ``body_timeout_s`` (408 otherwise); a
   client that closes the connection mid-body is :class:`~extender.wire.ClientGone`.
 * **Large bodies** (over 512 KiB decoded, or announced so by ``Content-Length``) need
@@ -26,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import gc
 import json
 import re
+import sys
 import zlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -39,12 +43,15 @@ from aiohttp.web_protocol import RequestPayloadError
 from extender.validation import show
 from extender.wire import BadRequest, BodyTimeout, ClientGone, TooBusy, decode_json, json_error
 
-__all__ = ["LARGE_BODY_BYTES", "Intake", "loads_chunked"]
+__all__ = ["LARGE_BODY_BYTES", "MAX_INFLATE_RATIO", "Intake", "discard", "loads_chunked"]
 
 #: Bodies above this (decoded) take a slot and are decoded in a worker thread.
 LARGE_BODY_BYTES: Final = 512 * 1024
 #: Most output of one inflate step (bounded work per step, on or off the loop).
 _INFLATE_STEP: Final = 1024 * 1024
+#: A compressed body inflating more than this many times its size (past its first MiB)
+#: is a decompression bomb: JSON of Kubernetes objects compresses 5-50 times.
+MAX_INFLATE_RATIO: Final = 200
 _ENCODINGS: Final = ("identity", "gzip", "x-gzip", "deflate")
 _T = TypeVar("_T")
 
@@ -72,12 +79,12 @@ class _Slot:
         finally:
             intake.waiting -= 1
         self.taken = True
-        intake.large += 1
+        intake._enter_large()
 
     def release(self) -> None:
         if self.taken:
             self.taken = False
-            self.intake.large -= 1
+            self.intake._leave_large()
             self.intake._slots.release()
 
 
@@ -99,6 +106,22 @@ class Intake:
         #: Large bodies being read or handled now, and requests waiting for a slot.
         self.large = 0
         self.waiting = 0
+        self._gc_paused = False
+
+    def _enter_large(self) -> None:
+        # A large body makes hundreds of thousands of objects, all freed by reference
+        # counting; the collector would walk them again and again meanwhile, holding the
+        # GIL for tens of milliseconds each time. It pauses while large bodies are in.
+        if self.large == 0 and gc.isenabled():
+            gc.disable()
+            self._gc_paused = True
+        self.large += 1
+
+    def _leave_large(self) -> None:
+        self.large -= 1
+        if self.large == 0 and self._gc_paused:
+            self._gc_paused = False
+            gc.enable()
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` in the decode threads (large work that should not hold the loop)."""
@@ -115,12 +138,20 @@ class Intake:
         Raises :class:`BadRequest` (or its 408/503 kinds) and :class:`ClientGone`.
         """
         slot = _Slot(self)
+        data: Any = None
         try:
             raw = await self._read(request, slot)
             data = await self._decode(raw, slot.taken)
             del raw
             yield data
         finally:
+            if slot.taken and data is not None:
+                # Free the decoded body in a worker thread, a piece at a time: freeing
+                # it at once on the loop is one long stall of its own.
+                holder = [data]
+                del data
+                with contextlib.suppress(RuntimeError):
+                    await self.run(discard, holder)
             slot.release()
 
     async def _read(self, request: web.Request, slot: _Slot) -> bytearray:
@@ -165,7 +196,7 @@ class Intake:
             else:
                 if inflater is None:
                     inflater = _inflater(encoding, chunk[0])
-                await self._inflate(inflater, chunk, out, encoding, slot.taken)
+                await self._inflate(inflater, chunk, out, encoding, slot.taken, wire)
             if not slot.taken and len(out) > self.large_body_bytes:
                 await slot.take()
         if inflater is not None and not inflater.eof:
@@ -175,7 +206,8 @@ class Intake:
         return out
 
     async def _inflate(
-        self, inflater: Any, chunk: bytes, out: bytearray, encoding: str, off_loop: bool
+        self, inflater: Any, chunk: bytes, out: bytearray, encoding: str, off_loop: bool,
+        wire: int,
     ) -> None:
         data = chunk
         loop = asyncio.get_running_loop()
@@ -199,6 +231,10 @@ class Intake:
                 raise BadRequest(f"request body inflates to over the limit of {self.limit} "
                                  "bytes (--max-body-bytes)")
             data = inflater.unconsumed_tail
+            used = wire - len(data)
+            if len(out) > _INFLATE_STEP and len(out) > MAX_INFLATE_RATIO * used:
+                raise BadRequest(f"request body inflates over {MAX_INFLATE_RATIO} times its "
+                                 f"{encoding} size (a decompression bomb?)")
             if not data and len(piece) < step:
                 return  # all input used, no output pending: wait for more input
 
@@ -214,6 +250,31 @@ class Intake:
             raise json_error(e) from None
 
 
+def discard(holder: list[Any]) -> None:
+    """Free what ``holder`` holds a piece at a time, so other threads run in between.
+
+    Only containers nobody else refers to are taken apart; shared ones are just let go.
+    """
+    stack = holder
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict) and sys.getrefcount(v) == 2:
+            while v:
+                _, child = v.popitem()
+                if isinstance(child, dict | list) and len(child) > 16 \
+                        and sys.getrefcount(child) == 2:
+                    stack.append(child)
+                del child
+        elif isinstance(v, list) and sys.getrefcount(v) == 2:
+            while v:
+                child = v.pop()
+                if isinstance(child, dict | list) and len(child) > 16 \
+                        and sys.getrefcount(child) == 2:
+                    stack.append(child)
+                del child
+        del v
+
+
 def _inflater(encoding: str, first: int) -> Any:
     if encoding == "deflate":
         # RFC 1950 (zlib) as the standard says; raw deflate as some clients send it.
@@ -223,6 +284,9 @@ def _inflater(encoding: str, first: int) -> Any:
 
 # -- JSON in pieces ----------------------------------------------------------------------
 _WS: Final = re.compile(r"[ \t\n\r]*")
+#: Up to 2,048 list elements that are strings without escapes, each with its comma: one
+#: regex match and one ``json.loads`` (a list of node names goes at near C speed).
+_STRINGS: Final = re.compile(r'(?:"[^"\\\x00-\x1f]*+"[ \t\n\r]*+,[ \t\n\r]*+){1,2048}')
 _DECODER: Final = json.JSONDecoder()
 _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _TEXT_STEP: Final = 1024 * 1024
@@ -230,7 +294,8 @@ _TEXT_STEP: Final = 1024 * 1024
 
 def loads_chunked(raw: bytes | bytearray, *, depth: int = 4) -> Any:
     """``json.loads(raw)``, with the outer ``depth`` levels of objects and lists parsed
-    here and every value below them (and every list of plain values) in one C call.
+    here and every value below them in one C call (a list of 100,000 names is 100,000
+    calls: slower than one, but the GIL is free between them).
 
     The same value as ``json.loads`` for every valid document, and a
     ``json.JSONDecodeError`` (or ``RecursionError``, ``ValueError``) for every invalid
@@ -264,10 +329,7 @@ def _value(s: str, i: int, depth: int) -> tuple[Any, int]:
     if depth > 0 and c == "{":
         return _object(s, i + 1, depth - 1)
     if depth > 0 and c == "[":
-        j = _skip(s, i + 1)
-        if s[j:j + 1] not in ("{", "["):  # a list of plain values: one call is cheapest
-            return _DECODER.raw_decode(s, i)
-        return _array(s, j, depth - 1)
+        return _array(s, _skip(s, i + 1), depth - 1)
     return _DECODER.raw_decode(s, i)
 
 
@@ -300,6 +362,13 @@ def _array(s: str, i: int, depth: int) -> tuple[list[Any], int]:
     if s[i:i + 1] == "]":
         return out, i + 1
     while True:
+        if s[i:i + 1] == '"':
+            m = _STRINGS.match(s, i)
+            if m is not None:
+                end = m.end()
+                out += json.loads("[" + s[i:s.rindex(",", i, end)] + "]")
+                i = end  # a value must follow the comma
+                continue
         value, i = _value(s, i, depth)
         out.append(value)
         i = _skip(s, i)

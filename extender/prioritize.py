@@ -32,9 +32,10 @@ scores 0 everywhere (the extender adds nothing). The scheduler adds
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -64,12 +65,16 @@ __all__ = [
     "normalize",
     "score",
     "scores",
+    "scores_in_slices",
 ]
 
 log = logging.getLogger(__name__)
 
 #: (M, R, A, L) weights of the formula above.
 WEIGHTS = (0.40, 0.30, 0.15, 0.15)
+#: More candidates than twice this are ranked in slices (the event loop runs between
+#: them) and the answer is encoded in a worker thread.
+SLICE: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,16 +127,28 @@ class _Ranked:
                 self.rings[key] = verdict.ring_gbps
 
 
+def _judge(
+    decisions: Decisions, request: GpuRequest, names: list[str], ranked: _Ranked
+) -> tuple[list[Key], set[Key]]:
+    keys = decisions.keys_of(names)
+    distinct = set(keys)
+    if not distinct <= ranked.seen:
+        decisions.judge_new(request, names, keys, ranked.seen, ranked.add)
+    return keys, distinct
+
+
 def _rank(
     decisions: Decisions, request: GpuRequest, names: list[str]
 ) -> tuple[list[Key], set[Key], _Ranked]:
     """Every candidate's key, and the scores by key of those keys; computed once per
     node state while the best figures among the candidates stay the same."""
     ranked = decisions.table(request, _Ranked)
-    keys = decisions.keys_of(names)
-    distinct = set(keys)
-    if not distinct <= ranked.seen:
-        decisions.judge_new(request, names, keys, ranked.seen, ranked.add)
+    keys, distinct = _judge(decisions, request, names, ranked)
+    _score(ranked, distinct)
+    return keys, distinct, ranked
+
+
+def _score(ranked: _Ranked, distinct: set[Key]) -> None:
     rings, pairs = ranked.rings, ranked.pairs
     best = (max(map(rings.__getitem__, distinct.intersection(rings)), default=0.0),
             max(map(pairs.__getitem__, distinct.intersection(pairs)), default=0.0))
@@ -144,7 +161,29 @@ def _rank(
         value = MIN_EXTENDER_PRIORITY if plan is None else score(plan, *best)
         ranked.scores[k] = value
         ranked.tails[k] = SCORE_TAILS[value]
-    return keys, distinct, ranked
+
+
+async def scores_in_slices(
+    state: ClusterState, request: GpuRequest, names: list[str], *, decisions: Decisions
+) -> list[int]:
+    """:func:`scores`, judging :data:`SLICE` candidates at a time and letting the event
+    loop run in between; normalized over all the candidates, as one call would."""
+    if request.empty:
+        return [MIN_EXTENDER_PRIORITY] * len(names)
+    ranked = decisions.table(request, _Ranked)
+    keys: list[Key] = []
+    distinct: set[Key] = set()
+    for i in range(0, len(names), SLICE):
+        part, seen = _judge(decisions, request, names[i:i + SLICE], ranked)
+        keys += part
+        distinct |= seen
+        await asyncio.sleep(0)
+    _score(ranked, distinct)
+    values: list[int] = []
+    for i in range(0, len(keys), SLICE):
+        values += map(ranked.scores.__getitem__, keys[i:i + SLICE])
+        await asyncio.sleep(0)
+    return values
 
 
 def scores(
@@ -189,8 +228,15 @@ async def handle(ext: Extender, data: Any) -> web.Response:
     pod = ext.pod("prioritize", args.pod, need_uid=False)
     # An invalid pod has no Error field here (the filter told it): score nothing.
     gpu = GpuRequest() if isinstance(pod, RequestError) else pod.request
-    result = ext.decisions.answer("prioritize", gpu, args.names,
-                                  lambda: answer(ext.decisions, gpu, args.names))
+    if len(args.names) > 2 * SLICE:
+        values = await scores_in_slices(ext.state, gpu, args.names, decisions=ext.decisions)
+        body = await ext.intake.run(scores_body, args.names, values)
+        best = max(values, default=0)
+        result = Answer(body=body, counts=Top(index=values.index(best) if values else -1,
+                                              score=best))
+    else:
+        result = ext.decisions.answer("prioritize", gpu, args.names,
+                                      lambda: answer(ext.decisions, gpu, args.names))
     if log.isEnabledFor(logging.DEBUG):
         top = result.counts
         log.debug("prioritize pod=%s nodes=%d top=%s",

@@ -13,6 +13,7 @@ import json
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,7 @@ from extender.encoding import (
     scores_body,
 )
 from extender.filesource import parse_cluster
+from extender.intake import discard, loads_chunked
 from extender.plan import Rejection
 from extender.request import GpuRequest
 from extender.state import ClusterState
@@ -186,3 +188,35 @@ json_values = st.recursive(
 @given(json_values, st.integers(0, 6))
 def test_chunked_dumps_is_the_bytes_json_dumps_writes(value: Any, depth: int) -> None:
     assert dumps_chunked(value, depth=depth) == json_bytes(value) == dumps(value)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(json_values, st.integers(0, 6), st.sampled_from(["", " ", "\n\t "]))
+def test_chunked_loads_reads_what_json_loads_reads(value: Any, depth: int, ws: str) -> None:
+    text = json.dumps(value, indent=1 if ws else None).replace("\n", "\n" + ws)
+    assert loads_chunked(text.encode(), depth=depth) == json.loads(text)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(json_values, st.integers(0, 200), st.sampled_from(['"', ",", "]", "}", "[", ":", "x",
+                                                          "\x01", "\\", ""]))
+def test_chunked_loads_refuses_what_json_loads_refuses(value: Any, at: int, junk: str) -> None:
+    text = json.dumps([value, ["a", "b"], {"k": ["c"]}])
+    at = min(at, len(text))
+    broken = text[:at] + junk + text[at + 1:]
+    try:
+        expected = json.loads(broken)
+    except ValueError:
+        with pytest.raises(ValueError):
+            loads_chunked(broken.encode())
+    else:
+        assert loads_chunked(broken.encode()) == expected
+
+
+def test_discard_takes_apart_only_what_nobody_else_holds() -> None:
+    shared = ["name"] * 100  # e.g. a candidate list the answer memo keeps
+    inner = {"k": list(range(50))}
+    holder = [{"NodeNames": shared, "items": [{"x": list(range(20))} for _ in range(40)],
+               "kept": inner}]
+    discard(holder)
+    assert holder == [] and shared == ["name"] * 100 and inner == {"k": list(range(50))}

@@ -239,6 +239,27 @@ def test_scheduler_config_matches_the_protocol_and_the_service() -> None:
     assert "--config=/etc/gputopo-scheduler/config.yaml" in cmd
 
 
+def test_network_policy_admits_only_the_scheduler_to_the_extender_port() -> None:
+    (policy,) = _docs(MANIFESTS / "extender-networkpolicy.yaml")
+    docs = {d["kind"]: d for d in _docs(MANIFESTS / "extender-deployment.yaml")}
+    sched = {d["kind"]: d for d in _docs(MANIFESTS / "scheduler-deployment.yaml")}
+    dep, sched_dep = docs["Deployment"], sched["Deployment"]
+    assert policy["kind"] == "NetworkPolicy"
+    assert policy["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # pods of this namespace only
+    assert peer["podSelector"]["matchLabels"].items() <= (
+        sched_dep["spec"]["template"]["metadata"]["labels"].items())
+    assert sched_dep["metadata"]["namespace"] == policy["metadata"]["namespace"]
+    port = dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+
 @pytest.mark.parametrize(("name", "total", "required"), [
     ("pod-4gpu-nvlink-required.yaml", 4, True), ("pod-2gpu-preferred.yaml", 2, False)])
 def test_example_pods(name: str, total: int, required: bool) -> None:
