@@ -43,7 +43,7 @@ __all__ = ["BINDER", "ConfigError", "build_app"]
 log = logging.getLogger(__name__)
 
 VerbHandler = Callable[[web.Request, Any], Awaitable[web.Response]]
-Handler = Callable[[web.Request], Awaitable[web.Response]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 BINDER = web.AppKey("binder", Binder)
 
@@ -71,8 +71,29 @@ _NO_CERTIFICATE = ("this endpoint needs a client certificate signed by the exten
                    "--client-ca-file (kube-scheduler: tlsConfig.certFile and keyFile)")
 
 
-def _serve(verb: str, handler: VerbHandler) -> Handler:
-    async def serve(request: web.Request) -> web.Response:
+#: Answers larger than this are written in pieces of this size (each awaited): no copy of
+#: the whole answer in one call, and no whole answer waiting in the transport's buffer.
+_PIECE = 256 * 1024
+
+
+async def _send(request: web.Request, response: web.Response) -> web.StreamResponse:
+    body = response.body
+    if not isinstance(body, bytes) or len(body) <= 4 * _PIECE:
+        return response
+    stream = web.StreamResponse(status=response.status)
+    stream.content_type = response.content_type
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    view = memoryview(body)
+    for i in range(0, len(body), _PIECE):
+        await stream.write(view[i:i + _PIECE])
+    await stream.write_eof()
+    return stream
+
+
+def _serve(verb: str, handler: VerbHandler) -> Callable[[web.Request], Awaitable[
+        web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
         ext = request.app[CONTEXT]
         start = time.perf_counter()
         code: str | None = None
@@ -99,15 +120,17 @@ def _serve(verb: str, handler: VerbHandler) -> Handler:
         except Exception as e:
             log.exception("internal error verb=%s", verb)
             response = json_response(_fallback(verb, f"internal error in the extender: {e!r}"))
-        ext.metrics.latency.labels(verb).observe(time.perf_counter() - start)
         ext.metrics.requests.labels(verb, code or str(response.status)).inc()
-        return response
+        try:
+            return await _send(request, response)
+        finally:
+            ext.metrics.latency.labels(verb).observe(time.perf_counter() - start)
 
     return serve
 
 
 def _view(handler: Handler) -> Handler:
-    async def view(request: web.Request) -> web.Response:
+    async def view(request: web.Request) -> web.StreamResponse:
         cfg = request.app[CONTEXT].cfg
         if cfg.authenticated and not cfg.public_views and not _has_client_certificate(request):
             return json_response({"Error": _NO_CERTIFICATE}, status=403)
@@ -136,7 +159,7 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-async def topology_all(request: web.Request) -> web.Response:
+async def topology_all(request: web.Request) -> web.StreamResponse:
     """Every node; each distinct topology once (``topologies`` by fingerprint).
 
     Built in slices that yield to the event loop, and encoded in pieces in a worker
@@ -149,7 +172,7 @@ async def topology_all(request: web.Request) -> web.Response:
         if doc is None:
             await asyncio.sleep(0)
     body = await ext.intake.run(dumps_chunked, doc)
-    return web.Response(body=body, content_type="application/json")
+    return await _send(request, web.Response(body=body, content_type="application/json"))
 
 
 async def topology_node(request: web.Request) -> web.Response:

@@ -34,6 +34,8 @@ __all__ = [
     "host_priorities_body",
     "json_bytes",
     "json_response",
+    "member_run",
+    "name_run",
     "plain_names",
     "reason_fragment",
     "scores_body",
@@ -81,22 +83,31 @@ def reason_fragment(reason: str) -> str:
     return f'":{json.dumps(reason)},"'
 
 
-def filter_names_body(
-    passed: list[str], failed: list[str], failed_fragments: list[str],
-    unresolvable: list[str], unresolvable_fragments: list[str],
-) -> bytes:
-    """A ``NodeNames`` ExtenderFilterResult from names (written as given: plain, or
-    escaped by :func:`escape_names`) and their reasons' fragments (:func:`reason_fragment`).
+def name_run(names: list[str]) -> str:
+    """Names (plain or escaped by :func:`escape_names`) as a run of JSON list items
+    without the outer quotes: ``a","b``."""
+    return '","'.join(names)
+
+
+def member_run(names: list[str], fragments: list[str]) -> str:
+    """Names and their reasons' fragments (:func:`reason_fragment`) as a run of JSON
+    object members: ``"a":"why","b":"why"``."""
+    return "".join(_members(names, fragments))
+
+
+def filter_names_body(passed: list[str], failed: list[str], unresolvable: list[str]) -> bytes:
+    """A ``NodeNames`` ExtenderFilterResult from runs (:func:`name_run`,
+    :func:`member_run`) of the passed names, the failed and the unresolvable nodes: one
+    run each, or several (of consecutive candidates) so no one call covers them all.
 
     The same bytes as ``json_bytes(filter_result(...))`` when no name is given twice.
     """
-    body = "".join([
-        '{"Nodes":null,"NodeNames":[', '"' if passed else "", '","'.join(passed),
-        '"],"FailedNodes":{' if passed else '],"FailedNodes":{',
-        *_members(failed, failed_fragments), '},"FailedAndUnresolvableNodes":{',
-        *_members(unresolvable, unresolvable_fragments), '},"Error":""}',
-    ])
-    return body.encode()
+    names = '","'.join(passed)
+    return "".join([
+        '{"Nodes":null,"NodeNames":[', f'"{names}"' if passed else "",
+        '],"FailedNodes":{', ",".join(failed), '},"FailedAndUnresolvableNodes":{',
+        ",".join(unresolvable), '},"Error":""}',
+    ]).encode()
 
 
 def _members(names: list[str], fragments: list[str]) -> list[str]:
@@ -149,8 +160,20 @@ def scores_body(names: list[str], values: list[int]) -> bytes:
 def dumps_chunked(value: Any, *, depth: int = 4) -> bytes:
     """``json_bytes(value)``, written in pieces: containers down to ``depth`` are walked
     here and each value below that is one ``json.dumps`` call, so a thread running this
-    lets other threads (the event loop) take the GIL between pieces."""
-    return "".join(_pieces(value, depth)).encode()
+    lets other threads (the event loop) take the GIL between pieces. The pieces are
+    joined and encoded a batch at a time too; only the last join (a copy) is one call."""
+    batch: list[str] = []
+    out: list[bytes] = []
+    for piece in _pieces(value, depth):
+        batch.append(piece)
+        if len(batch) >= _BATCH:
+            out.append("".join(batch).encode())
+            batch.clear()
+    out.append("".join(batch).encode())
+    return b"".join(out)
+
+
+_BATCH: Final = 2048
 
 
 def _is_str(key: object) -> bool:

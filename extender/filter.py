@@ -20,6 +20,8 @@ from extender.encoding import (
     filter_result,
     json_bytes,
     json_response,
+    member_run,
+    name_run,
     plain_names,
     reason_fragment,
 )
@@ -186,23 +188,29 @@ def _parts(decisions: Decisions, request: GpuRequest, names: list[str]) -> _Part
 
 def _join(parts: list[_Parts]) -> Answer[FilterCounts] | None:
     """The answer from its pieces; None when a name is given twice (``FailedNodes`` is a
-    map, so the plain encoder decides which entry stays)."""
-    if len(parts) == 1:
-        (p,) = parts
-    else:
-        p = _Parts(
-            passed=[n for x in parts for n in x.passed],
-            failed=[n for x in parts for n in x.failed],
-            failed_fragments=[f for x in parts for f in x.failed_fragments],
-            unresolvable=[n for x in parts for n in x.unresolvable],
-            unresolvable_fragments=[f for x in parts for f in x.unresolvable_fragments],
-            counts=FilterCounts(**{k: sum(getattr(x.counts, k) for x in parts) for k in (
-                "passed", "failed", "unknown", "unresolvable")}))
-    if len(set(p.failed)) != len(p.failed) or len(set(p.unresolvable)) != len(p.unresolvable):
+    map, so the plain encoder decides which entry stays).
+
+    Each part is joined on its own and then the parts together: no single call over all
+    the candidates, so a thread running this lets the event loop have the GIL between.
+    """
+    failed_seen: set[str] = set()
+    unresolvable_seen: set[str] = set()
+    n_failed = n_unresolvable = 0
+    for x in parts:
+        failed_seen.update(x.failed)
+        unresolvable_seen.update(x.unresolvable)
+        n_failed += len(x.failed)
+        n_unresolvable += len(x.unresolvable)
+    if len(failed_seen) != n_failed or len(unresolvable_seen) != n_unresolvable:
         return None
-    body = filter_names_body(p.passed, p.failed, p.failed_fragments, p.unresolvable,
-                             p.unresolvable_fragments)
-    return Answer(body=body, counts=p.counts)
+    body = filter_names_body(
+        [name_run(x.passed) for x in parts if x.passed],
+        [member_run(x.failed, x.failed_fragments) for x in parts if x.failed],
+        [member_run(x.unresolvable, x.unresolvable_fragments) for x in parts if x.unresolvable],
+    )
+    counts = FilterCounts(**{k: sum(getattr(x.counts, k) for x in parts) for k in (
+        "passed", "failed", "unknown", "unresolvable")})
+    return Answer(body=body, counts=counts)
 
 
 def encode_names(

@@ -54,6 +54,8 @@ _INFLATE_STEP: Final = 1024 * 1024
 MAX_INFLATE_RATIO: Final = 200
 _ENCODINGS: Final = ("identity", "gzip", "x-gzip", "deflate")
 _T = TypeVar("_T")
+#: The GIL switch interval while large bodies are in (the default is 5 ms).
+_SWITCH_S: Final = 0.001
 
 
 class _Slot:
@@ -107,21 +109,28 @@ class Intake:
         self.large = 0
         self.waiting = 0
         self._gc_paused = False
+        self._switch_interval = sys.getswitchinterval()
 
     def _enter_large(self) -> None:
         # A large body makes hundreds of thousands of objects, all freed by reference
         # counting; the collector would walk them again and again meanwhile, holding the
         # GIL for tens of milliseconds each time. It pauses while large bodies are in.
-        if self.large == 0 and gc.isenabled():
-            gc.disable()
-            self._gc_paused = True
+        if self.large == 0:
+            if gc.isenabled():
+                gc.disable()
+                self._gc_paused = True
+            # and the loop thread waits less for the GIL behind a decode thread
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_interval, _SWITCH_S))
         self.large += 1
 
     def _leave_large(self) -> None:
         self.large -= 1
-        if self.large == 0 and self._gc_paused:
-            self._gc_paused = False
-            gc.enable()
+        if self.large == 0:
+            sys.setswitchinterval(self._switch_interval)
+            if self._gc_paused:
+                self._gc_paused = False
+                gc.enable()
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` in the decode threads (large work that should not hold the loop)."""

@@ -36,6 +36,7 @@ from topology.names import (
     GPUTOPOLOGY_GROUP,
     GPUTOPOLOGY_PLURAL,
     GPUTOPOLOGY_VERSION,
+    TERMINAL_PHASES,
 )
 
 __all__ = ["GPUTOPOLOGY_PATH", "POD_FIELD_SELECTOR", "KubeCluster"]
@@ -46,7 +47,8 @@ GPUTOPOLOGY_PATH: Final = f"/apis/{GPUTOPOLOGY_GROUP}/{GPUTOPOLOGY_VERSION}/{GPU
 PODS_PATH: Final = "/api/v1/pods"
 #: Only pods that can hold GPUs: bound and not terminal. A pod leaving this set (it
 #: finished) arrives as a DELETED event, which releases its GPUs.
-POD_FIELD_SELECTOR: Final = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+POD_FIELD_SELECTOR: Final = ",".join(
+    ["spec.nodeName!=", *(f"status.phase!={p}" for p in sorted(TERMINAL_PHASES))])
 _LIST_PAGE: Final = 500
 _WATCH_TIMEOUT_S: Final = 300
 _BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)

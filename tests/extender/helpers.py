@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -200,15 +201,26 @@ def serve_command(
         seen.append(line)
         m = re.search(r"msg=serving host=\S+ port=(\d+)", line)
         if m:
+            rest: list[str] = []
+            # keep reading, so a full pipe never stalls the server
+            reader = threading.Thread(target=rest.extend, args=(proc.stdout,), daemon=True)
+            reader.start()
+            _OUTPUT[proc.pid] = (reader, rest)
             return proc, int(m.group(1)), "".join(seen)
     proc.wait(10)
     raise AssertionError("the extender exited before serving:\n" + "".join(seen))
 
 
+_OUTPUT: dict[int, tuple[threading.Thread, list[str]]] = {}
+
+
 def stop_command(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    """Stop the command; its output after the serving line."""
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=30)
-    return out
+    proc.wait(timeout=30)
+    reader, rest = _OUTPUT.pop(proc.pid)
+    reader.join(30)
+    return "".join(rest)
 
 
 THREE_NODES: list[dict[str, Any]] = [
