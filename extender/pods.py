@@ -21,7 +21,7 @@ pod to the state, for the API-backed source and the in-memory one alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +176,8 @@ def _recorded(
 
 
 def _text(
-    meta: Mapping[str, Any], key: str, problem_of: Any, *, required: bool = True
+    meta: Mapping[str, Any], key: str, problem_of: Callable[[str], str | None], *,
+    required: bool = True,
 ) -> str:
     value = meta.get(key)
     if value is None or value == "":
