@@ -1,15 +1,20 @@
-"""The aiohttp application: route table, typed app keys, the cluster's lifetime.
+"""The aiohttp application: route table, typed app keys, who may call what, lifetimes.
 
 ``_serve`` is the one place that turns a verb's failure into an answer: a bad body is
-HTTP 400 with ``{"Error": ...}``; anything unexpected is logged and answered with the
-verb's safe reply (filter/bind ``Error``, no scores, no preemption candidates), never a
-500.
+its HTTP status (400; 408 for a body too slow, 503 when too many large bodies are being
+read) with ``{"Error": ...}``; a client that went away gets nothing and is counted as
+``code="499"``; anything unexpected is logged and answered with the verb's safe reply
+(filter/bind ``Error``, no scores, no preemption candidates), never a 500.
+
+With ``client_ca_file`` the verbs need a client certificate signed by that CA (TLS
+verifies it in the handshake; a client without one gets 403 here), and so do
+``/topology`` and the page unless ``public_views``. ``/healthz``, ``/readyz`` and
+``/metrics`` stay open: the kubelet and Prometheus have no certificate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,16 +28,24 @@ from extender.bind import Binder
 from extender.cluster import Cluster
 from extender.config import ExtenderConfig, validate
 from extender.context import CONTEXT, Extender
-from extender.metrics import CONTENT_TYPE_LATEST, Metrics
+from extender.decisions import Decisions
+from extender.encoding import dumps_chunked, json_response
+from extender.guard import GUARD, track_requests
+from extender.intake import Intake
+from extender.logs import Throttle, suppressed
+from extender.metrics import CLIENT_GONE, CONTENT_TYPE_LATEST, Metrics
 from extender.page import render_page
-from extender.wire import BadRequest, bad_request, json_response
-from topology.serialize import dump
+from extender.views import node_view, summary, topology_document
+from extender.wire import BadRequest, ClientGone
 
-__all__ = ["ConfigError", "build_app"]
+__all__ = ["BINDER", "ConfigError", "build_app"]
 
 log = logging.getLogger(__name__)
 
-VerbHandler = Callable[[web.Request, bytes], Awaitable[web.Response]]
+VerbHandler = Callable[[web.Request, Any], Awaitable[web.Response]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+BINDER = web.AppKey("binder", Binder)
 
 
 class ConfigError(ValueError):
@@ -46,40 +59,84 @@ def _fallback(verb: str, message: str) -> Any:
         return {"NodeNameToMetaVictims": {}}
     if verb == "bind":
         return {"Error": message}
-    return {"Nodes": None, "NodeNames": None, "FailedNodes": {},
-            "FailedAndUnresolvableNodes": {}, "Error": message}
+    return filter_verb.error_result(message)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    length = request.content_length
-    if length is not None and length > limit:
-        raise BadRequest(f"request body of {length} bytes is over the limit of {limit} bytes "
-                         "(--max-body-bytes)")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BadRequest(f"request body is over the limit of {limit} bytes "
-                         "(--max-body-bytes)") from None
+def _has_client_certificate(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and bool(transport.get_extra_info("peercert"))
 
 
-def _serve(verb: str, handler: VerbHandler) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def serve(request: web.Request) -> web.Response:
+_NO_CERTIFICATE = ("this endpoint needs a client certificate signed by the extender's "
+                   "--client-ca-file (kube-scheduler: tlsConfig.certFile and keyFile)")
+
+
+#: Answers larger than this are written in pieces of this size (each awaited): no copy of
+#: the whole answer in one call, and no whole answer waiting in the transport's buffer.
+_PIECE = 256 * 1024
+
+
+async def _send(request: web.Request, response: web.Response) -> web.StreamResponse:
+    body = response.body
+    if not isinstance(body, bytes) or len(body) <= 4 * _PIECE:
+        return response
+    stream = web.StreamResponse(status=response.status)
+    stream.content_type = response.content_type
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    view = memoryview(body)
+    for i in range(0, len(body), _PIECE):
+        await stream.write(view[i:i + _PIECE])
+    await stream.write_eof()
+    return stream
+
+
+def _serve(verb: str, handler: VerbHandler) -> Callable[[web.Request], Awaitable[
+        web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
         ext = request.app[CONTEXT]
         start = time.perf_counter()
+        code: str | None = None
         try:
-            body = await _read_body(request, ext.cfg.max_body_bytes)
-            response = await handler(request, body)
+            if ext.cfg.authenticated and not _has_client_certificate(request):
+                response = json_response({"Error": _NO_CERTIFICATE}, status=403)
+            else:
+                async with ext.intake.receive(request) as data:
+                    response = await handler(request, data)
+                    del data  # the intake frees a large body (see Intake.receive)
         except BadRequest as e:
-            log.info("bad request verb=%s peer=%s error=%r", verb, request.remote, str(e))
-            response = bad_request(e)
+            n = ext.throttle.allow(("body", verb, type(e).__name__, str(e).split(":", 1)[0]))
+            if n is not None:
+                log.info("bad request verb=%s peer=%s status=%d error=%r%s", verb,
+                         request.remote, e.status, str(e)[:300], suppressed(n))
+            response = json_response({"Error": str(e)}, status=e.status)
+        except ClientGone as e:
+            n = ext.throttle.allow(("gone", verb))
+            if n is not None:
+                log.info("client gone verb=%s peer=%s reason=%r%s", verb, request.remote,
+                         str(e), suppressed(n))
+            code = CLIENT_GONE
+            response = web.Response(status=400)
         except Exception as e:
             log.exception("internal error verb=%s", verb)
             response = json_response(_fallback(verb, f"internal error in the extender: {e!r}"))
-        ext.metrics.latency.labels(verb).observe(time.perf_counter() - start)
-        ext.metrics.requests.labels(verb, str(response.status)).inc()
-        return response
+        ext.metrics.requests.labels(verb, code or str(response.status)).inc()
+        try:
+            return await _send(request, response)
+        finally:
+            ext.metrics.latency.labels(verb).observe(time.perf_counter() - start)
 
     return serve
+
+
+def _view(handler: Handler) -> Handler:
+    async def view(request: web.Request) -> web.StreamResponse:
+        cfg = request.app[CONTEXT].cfg
+        if cfg.authenticated and not cfg.public_views and not _has_client_certificate(request):
+            return json_response({"Error": _NO_CERTIFICATE}, status=403)
+        return await handler(request)
+
+    return view
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -91,7 +148,7 @@ async def readyz(request: web.Request) -> web.Response:
     ext = request.app[CONTEXT]
     ready, why = ext.cluster.readiness()
     body = {"ready": ready, "reason": why, "leader": ext.cluster.is_leader(),
-            **ext.state.summary()}
+            **summary(ext.state)}
     return json_response(body, status=200 if ready else 503)
 
 
@@ -102,44 +159,36 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-async def topology_all(request: web.Request) -> web.Response:
+async def topology_all(request: web.Request) -> web.StreamResponse:
     """Every node; each distinct topology once (``topologies`` by fingerprint).
 
-    Built in slices that yield to the event loop, and encoded in a worker thread (the
-    answer is a fresh value), so a large cluster's dump never stalls filter calls.
+    Built in slices that yield to the event loop, and encoded in pieces in a worker
+    thread (the document is a fresh value), so a large cluster's dump never stalls
+    filter calls.
     """
-    state = request.app[CONTEXT].state
-    nodes: list[Any] = []
-    topologies: dict[str, Any] = {}
-    for k, name in enumerate(sorted(state.nodes)):
-        node = state.nodes.get(name)
-        if node is None:  # removed while we yielded
-            continue
-        nodes.append(state.node_view(name, with_topology=False))
-        fp = node.topology.fingerprint
-        if fp not in topologies:
-            topologies[fp] = dump(node.topology)
-        if k % 250 == 249:
+    ext = request.app[CONTEXT]
+    doc: Any = None
+    for doc in topology_document(ext.state):
+        if doc is None:
             await asyncio.sleep(0)
-    body = {"summary": state.summary(), "topologies": topologies, "nodes": nodes}
-    data = await asyncio.to_thread(json.dumps, body, separators=(",", ":"))
-    return web.Response(body=data.encode(), content_type="application/json")
+    body = await ext.intake.run(dumps_chunked, doc)
+    return await _send(request, web.Response(body=body, content_type="application/json"))
 
 
 async def topology_node(request: web.Request) -> web.Response:
     state = request.app[CONTEXT].state
     name = request.match_info["node"]
-    view = state.node_view(name)
+    view = node_view(state, name)
     if view is None:
         return json_response({"Error": f"no GPU topology known for node {name!r}"}, status=404)
     return json_response(view)
 
 
 def _int_arg(request: web.Request, key: str, default: int) -> int:
-    try:
-        return max(0, int(request.query.get(key, default)))
-    except ValueError:
+    raw = request.query.get(key, "")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
         return default
+    return int(raw)
 
 
 async def page(request: web.Request) -> web.Response:
@@ -150,47 +199,79 @@ async def page(request: web.Request) -> web.Response:
         limit=max(1, _int_arg(request, "limit", ext.cfg.page_nodes)),
         node=request.query.get("node"),
     )
-    return web.Response(text=text, content_type="text/html", charset="utf-8")
+    # Names come from outside (GPUTopology objects, pods): never let one break the page.
+    body = text.encode("utf-8", "backslashreplace")
+    return web.Response(body=body, content_type="text/html", charset="utf-8")
 
 
-async def _cluster_lifetime(app: web.Application) -> AsyncIterator[None]:
-    cluster = app[CONTEXT].cluster
-    await cluster.start()
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    ext = app[CONTEXT]
+    guard = app.get(GUARD)
+    ext.metrics.watch(connections=(lambda: len(guard)) if guard is not None else None,
+                      large=lambda: ext.intake.large, waiting=lambda: ext.intake.waiting)
+    if guard is not None:
+        guard.on_close = lambda reason: ext.metrics.connections_closed.labels(reason).inc()
+    await ext.cluster.start()
     try:
         yield
     finally:
-        await cluster.stop()
+        await ext.cluster.stop()
+        ext.intake.close()
 
 
-def build_app(cfg: ExtenderConfig, cluster: Cluster) -> web.Application:
-    """The extender over ``cluster``; refuses an invalid ``cfg`` with every error listed."""
+def build_app(
+    cfg: ExtenderConfig, cluster: Cluster, *, decode_executor: Any = None
+) -> web.Application:
+    """The extender over ``cluster``; refuses an invalid ``cfg`` with every error listed.
+
+    Serve it with ``extender.guard.start_server`` (as ``extender.main.serve`` does): that
+    is what bounds connections and leaves request bodies to the intake.
+    ``decode_executor``: where large bodies are inflated and decoded (default: a pool
+    of ``cfg.large_bodies`` threads).
+    """
     errors = validate(cfg, need_source=False)
     if errors:
         raise ConfigError("invalid configuration: " + "; ".join(map(str, errors)))
     state = cluster.state
     m = Metrics(state)
-    ext = Extender(cfg=cfg, cluster=cluster, state=state, metrics=m,
-                   binder=Binder(cluster, state, cfg, m))
-    # The body limit is enforced (and answered with 400) by _read_body; aiohttp's own
+    ext = Extender(
+        cfg=cfg, cluster=cluster, state=state, metrics=m,
+        decisions=Decisions(state, answer_bytes=cfg.answer_cache_bytes),
+        intake=Intake(max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s,
+                      large_bodies=cfg.large_bodies, executor=decode_executor),
+        throttle=Throttle(),
+    )
+    # The body limit is enforced (and answered with 400) by the intake; aiohttp's own
     # limit is set just above it so that check is the one that triggers.
-    app = web.Application(client_max_size=cfg.max_body_bytes + 1)
+    app = web.Application(client_max_size=cfg.max_body_bytes + 1,
+                          middlewares=[track_requests])
     app[CONTEXT] = ext
+    binder = app[BINDER] = Binder(cluster, state, cfg, m)
+
+    async def bind_handler(request: web.Request, data: Any) -> web.Response:
+        return await bind.handle(binder, data)
+
+    def verb(fn: Callable[[Extender, Any], Awaitable[web.Response]]) -> VerbHandler:
+        async def handler(request: web.Request, data: Any) -> web.Response:
+            return await fn(ext, data)
+        return handler
+
     verbs: list[tuple[str, VerbHandler]] = [
-        ("filter", filter_verb.handle), ("prioritize", prioritize.handle),
-        ("bind", bind.handle), ("preempt", preempt.handle),
+        ("filter", verb(filter_verb.handle)), ("prioritize", verb(prioritize.handle)),
+        ("bind", bind_handler), ("preempt", verb(preempt.handle)),
     ]
     prefixes = [""] + ([cfg.path_prefix] if cfg.path_prefix else [])
     routes = []
     for prefix in prefixes:
-        routes += [web.post(f"{prefix}/{verb}", _serve(verb, h)) for verb, h in verbs]
+        routes += [web.post(f"{prefix}/{name}", _serve(name, h)) for name, h in verbs]
     routes += [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),
-        web.get("/topology", topology_all),
-        web.get("/topology/{node}", topology_node),
-        web.get("/", page),
+        web.get("/topology", _view(topology_all)),
+        web.get("/topology/{node}", _view(topology_node)),
+        web.get("/", _view(page)),
     ]
     app.add_routes(routes)
-    app.cleanup_ctx.append(_cluster_lifetime)
+    app.cleanup_ctx.append(_lifetime)
     return app

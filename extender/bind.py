@@ -3,52 +3,72 @@
 Binds are asynchronous in kube-scheduler: later pods are filtered while a bind is in
 flight. So the chosen set is *reserved* in ``ClusterState`` before any write; filter
 and other binds see those GPUs as taken. The per-node lock covers the choice and the
-reservation (synchronous, no I/O); the writes run outside it, so a slow API server does
+reservation (synchronous, no I/O); the write runs outside it, so a slow API server does
 not stall other binds on the node, and the reservation is what keeps their sets apart.
 On failure the reservation is released; on success it becomes a holding.
+
+A bind's outcome is a value: :class:`Bound` or :class:`BindRefused` with the reason
+(the scheduler shows it, and retries the pod).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from extender.cluster import Cluster, ClusterError, holding_from_pod
+from extender.cluster import Cluster, ClusterError
 from extender.config import ExtenderConfig
-from extender.context import CONTEXT
+from extender.encoding import json_response
 from extender.metrics import Metrics
 from extender.plan import Plan, place
 from extender.request import GpuRequest, PodRef, RequestError
 from extender.state import ClusterState, Holding
-from extender.wire import (
-    BindArgs,
-    ExtenderBindingResult,
-    decode_binding_args,
-    decode_json,
-    json_response,
-)
+from extender.wire import BindArgs, ExtenderBindingResult, decode_binding_args
 from topology.handoff import encode_gpu_sets
 
-__all__ = ["Binder", "choose", "handle"]
+__all__ = ["BindRefused", "BindResult", "Binder", "Bound", "choose", "handle"]
 
 log = logging.getLogger(__name__)
 
 
-def choose(state: ClusterState, node_name: str, request: GpuRequest, pod: PodRef) -> Holding | str:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bound:
+    """The pod is bound to ``node``; ``holding`` is what it holds there (None: no GPUs)."""
+
+    pod: PodRef
+    node: str
+    holding: Holding | None = None
+    #: The pod was bound already (a retry of a bind that had happened).
+    retry: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BindRefused:
+    """Why the pod was not bound (the scheduler retries it with a new filter)."""
+
+    reason: str
+
+
+BindResult = Bound | BindRefused
+
+
+def choose(
+    state: ClusterState, node_name: str, request: GpuRequest, pod: PodRef
+) -> Holding | BindRefused:
     """The pod's sets on ``node_name`` on the state as it is now, or why there are none."""
     node = state.nodes.get(node_name)
     if node is None:
-        return f"node {node_name}: no GPU topology known for this node (yet)"
+        return BindRefused(reason=f"node {node_name}: no GPU topology known for this node (yet)")
     v = place(node.allocator, node.free_mask, request)
     if not isinstance(v, Plan):
-        return f"node {node_name} can no longer take the pod: {v.reason}"
+        return BindRefused(reason=f"node {node_name} can no longer take the pod: {v.reason}")
     return Holding(
         pod=pod, node=node_name, source="binding",
-        sets=tuple((c, node.ids_of(idx)) for c, idx in v.sets),
+        sets=tuple((c, node.gpus.ids_of(idx)) for c, idx in v.sets),
     )
 
 
@@ -63,7 +83,7 @@ class Binder:
         self.cfg = cfg
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
-        self._inflight: dict[str, tuple[str, asyncio.Future[str]]] = {}
+        self._inflight: dict[str, tuple[str, asyncio.Future[BindResult]]] = {}
 
     def lock(self, node: str) -> asyncio.Lock:
         lock = self._locks.get(node)
@@ -71,105 +91,98 @@ class Binder:
             lock = self._locks[node] = asyncio.Lock()
         return lock
 
-    async def bind(self, args: BindArgs) -> str:
-        """Bind; returns the error message ("" on success)."""
-        uid = args.pod_uid
-        held = self.state.holdings.get(uid)
+    async def bind(self, args: BindArgs) -> BindResult:
+        ref = PodRef(namespace=args.pod_namespace, name=args.pod_name, uid=args.pod_uid)
+        held = self.state.holdings.get(ref.uid)
         if held is not None:
             if held.node == args.node:
                 self.metrics.binds.labels("retry").inc()
-                return ""
-            return f"pod {args.pod_namespace}/{args.pod_name} already holds GPUs on {held.node}"
-        running = self._inflight.get(uid)
+                return Bound(pod=ref, node=args.node, holding=held, retry=True)
+            return BindRefused(reason=f"pod {ref} already holds GPUs on {held.node}")
+        running = self._inflight.get(ref.uid)
         if running is not None:
             other_node, other = running
             if other_node != args.node:
-                return (f"a bind of pod {args.pod_namespace}/{args.pod_name} to {other_node} "
-                        "is in progress")
+                return BindRefused(reason=f"a bind of pod {ref} to {other_node} is in progress")
             return await asyncio.shield(other)
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._inflight[uid] = (args.node, fut)
+        fut: asyncio.Future[BindResult] = asyncio.get_running_loop().create_future()
+        self._inflight[ref.uid] = (args.node, fut)
         try:
-            error = await self._bind(args)
-            fut.set_result(error)
+            result = await self._bind(ref, args.node)
+            fut.set_result(result)
         except BaseException as e:
-            fut.set_result(f"bind interrupted: {e!r}")
+            fut.set_result(BindRefused(reason=f"bind interrupted: {e!r}"))
             raise
         finally:
-            self._inflight.pop(uid, None)
-        self.metrics.binds.labels("error" if error else "bound").inc()
-        return error
+            self._inflight.pop(ref.uid, None)
+        self.metrics.binds.labels("bound" if isinstance(result, Bound) else "error").inc()
+        return result
 
-    async def _bind(self, args: BindArgs) -> str:
-        ns, name, uid, node = args.pod_namespace, args.pod_name, args.pod_uid, args.node
-        ref = PodRef(namespace=ns, name=name, uid=uid)
+    async def _bind(self, ref: PodRef, node: str) -> BindResult:
         if not self.cluster.is_leader():
-            return "this extender replica is not the leader; the scheduler will retry"
+            return BindRefused(reason="this extender replica is not the leader; the scheduler "
+                                      "will retry")
         try:
-            pod = await self.cluster.get_pod(ns, name, uid)
+            pod = await self.cluster.get_pod(ref)
         except ClusterError as e:
-            return f"reading pod {ref}: {e}"
+            return BindRefused(reason=f"reading pod {ref}: {e}")
+        except RequestError as e:
+            return BindRefused(reason=str(e))
         if pod is None:
-            return (f"pod {ref} (uid {uid}) not found"
-                    + (" (in cluster-file mode a pod is known from its filter call)"
-                       if self.cluster.mode == "file" else ""))
-        meta: Mapping[str, Any] = pod.get("metadata") or {}
-        if meta.get("uid") not in (None, uid):
-            return f"pod {ref} now has uid {meta.get('uid')}, not {uid} (it was recreated)"
-        bound = (pod.get("spec") or {}).get("nodeName")
-        if bound:
-            if bound != node:
+            return BindRefused(reason=(
+                f"pod {ref} (uid {ref.uid}) not found"
+                + (" (in cluster-file mode a pod is known from its filter call)"
+                   if self.cluster.mode == "file" else "")))
+        if pod.ref.uid not in ("", ref.uid):
+            return BindRefused(reason=f"pod {ref} now has uid {pod.ref.uid}, not {ref.uid} "
+                                      "(it was recreated)")
+        if pod.node:
+            if pod.node != node:
                 self.metrics.bind_conflicts.inc()
-                return f"pod {ref} is already bound to {bound}"
-            h = holding_from_pod(pod)
+                return BindRefused(reason=f"pod {ref} is already bound to {pod.node}")
+            h = pod.holding()
             if h is not None:
                 self.state.hold(h)
             log.info("bind retry pod=%s node=%s (already bound)", ref, node)
-            return ""
-        try:
-            request = GpuRequest.from_pod(pod, self.cfg.resource_names)
-        except RequestError as e:
-            return str(e)
+            return Bound(pod=ref, node=node, holding=h, retry=True)
+        request = pod.request
         if request.empty:
             return await self._write(ref, node, None)
         async with self.lock(node):
             chosen = choose(self.state, node, request, ref)
-            if isinstance(chosen, str):
+            if isinstance(chosen, BindRefused):
                 self.metrics.bind_conflicts.inc()
-                log.warning("bind conflict pod=%s node=%s reason=%r", ref, node, chosen)
+                log.warning("bind conflict pod=%s node=%s reason=%r", ref, node, chosen.reason)
                 return chosen
             self.state.reserve(chosen)
         return await self._write(ref, node, chosen)
 
-    async def _write(self, ref: PodRef, node: str, chosen: Holding | None) -> str:
+    async def _write(self, ref: PodRef, node: str, chosen: Holding | None) -> BindResult:
         try:
             async with asyncio.timeout(self.cfg.bind_timeout_s):
-                if chosen is not None:
-                    value = encode_gpu_sets(dict(chosen.sets))
-                    await self.cluster.assign(ref.namespace, ref.name, ref.uid, value)
-                await self.cluster.bind(ref.namespace, ref.name, ref.uid, node)
+                value = None if chosen is None else encode_gpu_sets(dict(chosen.sets))
+                await self.cluster.bind(ref, node, value)
         except (ClusterError, TimeoutError) as e:
             self.state.unreserve(ref.uid)
             if isinstance(e, ClusterError) and e.conflict:
                 self.metrics.bind_conflicts.inc()
             why = str(e) or f"timed out after {self.cfg.bind_timeout_s:g}s"
             log.warning("bind failed pod=%s node=%s error=%r", ref, node, why)
-            return f"binding pod {ref} to {node}: {why}"
+            return BindRefused(reason=f"binding pod {ref} to {node}: {why}")
         except BaseException:
             self.state.unreserve(ref.uid)
             raise
-        if chosen is not None:
-            self.state.commit(ref.uid, "bind")
-            log.info("bound pod=%s node=%s gpus=%s", ref, node,
-                     ";".join(f"{c}={','.join(ids)}" for c, ids in chosen.sets))
-        else:
+        if chosen is None:
             log.info("bound pod=%s node=%s gpus=none", ref, node)
-        return ""
+            return Bound(pod=ref, node=node)
+        held = self.state.commit(ref.uid, "bind")
+        log.info("bound pod=%s node=%s gpus=%s", ref, node,
+                 ";".join(f"{c}={','.join(ids)}" for c, ids in chosen.sets))
+        return Bound(pod=ref, node=node, holding=held)
 
 
-async def handle(request: web.Request, body: bytes) -> web.Response:
-    ext = request.app[CONTEXT]
-    args = decode_binding_args(decode_json(body))
-    error = await ext.binder.bind(args)
-    result: ExtenderBindingResult = {"Error": error}
-    return json_response(result)
+async def handle(binder: Binder, data: Any) -> web.Response:
+    args = decode_binding_args(data)
+    result = await binder.bind(args)
+    answer: ExtenderBindingResult = {"Error": "" if isinstance(result, Bound) else result.reason}
+    return json_response(answer)

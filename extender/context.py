@@ -1,22 +1,24 @@
-"""What every handler needs, stored once on the app under a typed key."""
+"""What every verb handler needs, stored once on the app under a typed key."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from extender.cluster import Cluster
 from extender.config import ExtenderConfig
+from extender.decisions import Decisions
+from extender.intake import Intake
+from extender.logs import Throttle, suppressed
 from extender.metrics import Metrics
-from extender.request import GpuRequest, RequestError, pod_ref
+from extender.pods import Pod, decode_pod
+from extender.request import RequestError, pod_ref
 from extender.state import ClusterState
-
-if TYPE_CHECKING:
-    from extender.bind import Binder
+from extender.validation import show
 
 __all__ = ["CONTEXT", "Extender"]
 
@@ -29,16 +31,25 @@ class Extender:
     cluster: Cluster
     state: ClusterState
     metrics: Metrics
-    binder: Binder
+    decisions: Decisions
+    intake: Intake
+    #: Requests from clients that break the rules are logged once per kind and interval.
+    throttle: Throttle
 
-    def gpu_request(self, verb: str, pod: Mapping[str, Any]) -> GpuRequest | RequestError:
-        """The pod's GPU request, decoded once per call; a bad pod is counted and logged,
-        and each verb answers it in its own way."""
+    def pod(
+        self, verb: str, raw: Mapping[str, Any], *, need_uid: bool = True
+    ) -> Pod | RequestError:
+        """The request's pod, decoded once; an invalid pod is counted and logged, and
+        each verb answers it in its own way."""
         try:
-            return GpuRequest.from_pod(pod, self.cfg.resource_names)
+            return decode_pod(raw, self.cfg.resource_names, need_uid=need_uid)
         except RequestError as e:
             self.metrics.pod_errors.labels(verb).inc()
-            log.info("%s: bad pod=%s error=%r", verb, pod_ref(pod), str(e))
+            n = self.throttle.allow(("pod", verb, str(e).split(":", 1)[0]))
+            if n is not None:
+                ref = pod_ref(raw)
+                log.info("%s: bad pod=%s/%s error=%r%s", verb, show(ref.namespace)[1:-1],
+                         show(ref.name)[1:-1], str(e)[:300], suppressed(n))
             return e
 
 

@@ -15,7 +15,7 @@ Every problem is reported at once, each with its path (``nodes[2].used[1]: ...``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ import yaml
 from extender.memory import MemoryCluster
 from extender.request import PodRef
 from extender.state import FILE_SOURCE, ClusterState, Holding
-from topology.handoff import gpu_ids
+from topology.gpuids import GpuIds
 from topology.model import Topology, TopologyError
+from topology.names import DEFAULT_RESOURCE_NAME
 from topology.sources import load_topology
 
 __all__ = ["ClusterFile", "ClusterFileError", "file_cluster", "load_cluster_file", "parse_cluster"]
@@ -83,10 +84,10 @@ def parse_cluster(data: Any, *, base: Path | None = None, where: str = "cluster"
         used = raw.get("used", [])
         indices = _indices(used, topo, f"{path}.used", errors)
         if indices:
-            ids = gpu_ids(topo)
+            ids = GpuIds.of(topo)
             holdings.append(Holding(
                 pod=PodRef(namespace="", name=FILE_SOURCE, uid=f"{FILE_SOURCE}:{name}"),
-                node=name, sets=(("used", tuple(ids[k] for k in indices)),),
+                node=name, sets=(("used", ids.ids_of(indices)),),
                 source=FILE_SOURCE,
             ))
     pods = data.get("pods", [])
@@ -102,10 +103,19 @@ def parse_cluster(data: Any, *, base: Path | None = None, where: str = "cluster"
     return ClusterFile(topologies, holdings)
 
 
-def file_cluster(path: str | Path, *, state: ClusterState | None = None) -> MemoryCluster:
-    """A :class:`MemoryCluster` loaded from a cluster file (mode ``file``)."""
+def file_cluster(
+    path: str | Path, *, state: ClusterState | None = None, state_file: str | Path | None = None,
+    resource_names: Iterable[str] = (DEFAULT_RESOURCE_NAME,),
+) -> MemoryCluster:
+    """A :class:`MemoryCluster` loaded from a cluster file (mode ``file``).
+
+    ``state_file``: where the holdings of binds are kept across restarts (None: in
+    memory only; ``extender.statefile.default_path(path)`` is the usual place).
+    """
     f = load_cluster_file(path)
-    return MemoryCluster(topologies=f.topologies, fixed=f.holdings, state=state, mode="file")
+    return MemoryCluster(topologies=f.topologies, fixed=f.holdings, state=state, mode="file",
+                         resource_names=resource_names,
+                         state_file=None if state_file is None else Path(state_file))
 
 
 def _topology(
@@ -164,11 +174,11 @@ def _pod(
     if not isinstance(gpus, Mapping) or not gpus:
         errors.append(f"{path}.gpus: expected {{container: [GPU index, ...]}}")
         return None
-    ids = gpu_ids(topo)
+    ids = GpuIds.of(topo)
     sets = []
     for container, value in gpus.items():
         indices = _indices(value, topo, f"{path}.gpus.{container}", errors)
-        sets.append((str(container), tuple(ids[k] for k in indices)))
+        sets.append((str(container), ids.ids_of(indices)))
     uid = raw.get("uid") or f"{FILE_SOURCE}:{raw['namespace']}/{raw['name']}"
     return Holding(
         pod=PodRef(namespace=raw["namespace"], name=raw["name"], uid=str(uid)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from dataclasses import dataclass
 from itertools import compress
@@ -11,26 +11,47 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from extender.context import CONTEXT
-from extender.plan import Rejection, Verdict
-from extender.request import GpuRequest, RequestError, pod_ref
-from extender.state import UNKNOWN, Answer, ClusterState, Key
-from extender.wire import (
-    ExtenderFilterResult,
-    FilterArgs,
-    decode_extender_args,
-    decode_json,
+from extender.context import Extender
+from extender.decisions import UNKNOWN, Answer, Decisions, Key
+from extender.encoding import (
+    dumps_chunked,
     escape_names,
+    filter_names_body,
+    filter_result,
+    json_bytes,
     json_response,
+    member_run,
+    name_run,
     plain_names,
+    reason_fragment,
 )
+from extender.plan import Rejection, Verdict
+from extender.request import GpuRequest, RequestError
+from extender.state import ClusterState
+from extender.wire import ExtenderFilterResult, FilterArgs, decode_extender_args
 
-__all__ = ["UNKNOWN_NODE", "FilterOutcome", "decide", "encode", "encode_names", "handle"]
+__all__ = [
+    "UNKNOWN_NODE",
+    "FilterCounts",
+    "FilterOutcome",
+    "answer",
+    "decide",
+    "decide_in_slices",
+    "encode",
+    "encode_names",
+    "error_result",
+    "handle",
+]
 
 log = logging.getLogger(__name__)
 
 #: The message for a node whose topology is not known (yet).
 UNKNOWN_NODE: Final = UNKNOWN.reason
+#: A full-``Nodes`` answer for more candidates than this is encoded in a worker thread.
+_LARGE_NODE_LIST: Final = 100
+#: More candidates than this are judged in slices (the event loop runs between them) and
+#: the answer is encoded in a worker thread.
+SLICE: Final = 10_000
 
 _REASON = attrgetter("reason")
 
@@ -49,9 +70,19 @@ class FilterOutcome:
     unresolvable: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilterCounts:
+    """How many candidates went where (for the metrics)."""
+
+    passed: int
+    failed: int
+    unknown: int
+    unresolvable: int
+
+
 class _Judged:
     """Per pod shape and node key: the outcome code, and for a rejection the verdict and
-    its reason as a JSON fragment ``":"<reason>","`` (see :func:`_members`)."""
+    its reason as a JSON fragment (``extender.encoding.reason_fragment``)."""
 
     __slots__ = ("codes", "fragments", "rejections")
 
@@ -63,7 +94,7 @@ class _Judged:
     def add(self, key: Key, verdict: Verdict) -> None:
         if isinstance(verdict, Rejection):
             self.rejections[key] = verdict
-            self.fragments[key] = f'":{json.dumps(verdict.reason)},"'
+            self.fragments[key] = reason_fragment(verdict.reason)
             self.codes[key] = (_UNKNOWN if key is None
                                else _UNRESOLVABLE if verdict.unresolvable else _FAILED)
         else:
@@ -71,29 +102,34 @@ class _Judged:
 
 
 def _judge(
-    state: ClusterState, request: GpuRequest, names: list[str]
+    decisions: Decisions, request: GpuRequest, names: list[str]
 ) -> tuple[_Judged, list[Key], bytes]:
     """Every candidate's outcome code: a dict lookup for its key and one for the code."""
-    judged = state.table(request, _Judged)
-    keys = state.keys_of(names)
+    judged = decisions.table(request, _Judged)
+    keys = decisions.keys_of(names)
     try:
         codes = bytes(map(judged.codes.__getitem__, keys))
     except KeyError:  # node states not judged for this pod shape yet
-        state.judge_new(request, names, keys, judged.codes, judged.add)
+        decisions.judge_new(request, names, keys, judged.codes, judged.add)
         codes = bytes(map(judged.codes.__getitem__, keys))
     return judged, keys, codes
 
 
-def decide(state: ClusterState, request: GpuRequest, names: list[str]) -> FilterOutcome:
+def decide(
+    state: ClusterState, request: GpuRequest, names: list[str], *,
+    decisions: Decisions | None = None,
+) -> FilterOutcome:
     """Judge every candidate: a dict lookup per node, verdicts shared by node state.
 
     A pod without GPUs passes everywhere. A node with no known topology goes to
     ``failed`` alone. A node that could not take the pod even with every GPU free goes
-    to ``unresolvable`` (preemption cannot help there).
+    to ``unresolvable`` (preemption cannot help there). Pass the app's ``decisions`` to
+    share verdicts across calls (a throwaway one is made otherwise).
     """
     if request.empty:
         return FilterOutcome(passed=list(names), failed={}, unresolvable={})
-    judged, keys, codes = _judge(state, request, names)
+    decisions = _of(state, decisions)
+    judged, keys, codes = _judge(decisions, request, names)
 
     def reasons(selector: bytes) -> dict[str, str]:
         bad = map(judged.rejections.__getitem__, compress(keys, selector))
@@ -107,18 +143,28 @@ def decide(state: ClusterState, request: GpuRequest, names: list[str]) -> Filter
     )
 
 
-def encode_names(state: ClusterState, request: GpuRequest, names: list[str]) -> Answer | None:
-    """The answer to a ``NodeNames`` request, encoded from pre-encoded fragments.
+def _of(state: ClusterState, decisions: Decisions | None) -> Decisions:
+    if decisions is None:
+        return Decisions(state)
+    if decisions.state is not state:
+        raise ValueError("these decisions belong to another ClusterState")
+    return decisions
 
-    The same bytes as ``json.dumps(encode(args, decide(...)))`` (tested), without a dict
-    per answer or escaping a reason per node: the candidates' names are joined as they
-    are when they need no escaping (node names never do), and every rejection's reason
-    was encoded once, when its verdict was made. None for what it does not do: a pod
-    without GPUs, or a name given twice (``FailedNodes`` is a map).
-    """
-    if request.empty:
-        return None
-    judged, keys, codes = _judge(state, request, names)
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Parts:
+    """A ``NodeNames`` answer in pieces: names (plain or escaped) and reason fragments."""
+
+    passed: list[str]
+    failed: list[str]
+    failed_fragments: list[str]
+    unresolvable: list[str]
+    unresolvable_fragments: list[str]
+    counts: FilterCounts
+
+
+def _parts(decisions: Decisions, request: GpuRequest, names: list[str]) -> _Parts:
+    judged, keys, codes = _judge(decisions, request, names)
     fails = codes.translate(_FAILS)
     passed = list(compress(names, codes.translate(_PASSES)))
     failed = list(compress(names, fails))
@@ -129,34 +175,58 @@ def encode_names(state: ClusterState, request: GpuRequest, names: list[str]) -> 
         sel = codes.translate(_UNRESOLVABLES)
         unresolvable = list(compress(names, sel))
         unresolvable_fragments = list(map(judged.fragments.__getitem__, compress(keys, sel)))
-    if len(set(failed)) != len(failed) or len(set(unresolvable)) != len(unresolvable):
-        return None
+    counts = FilterCounts(passed=len(passed), failed=codes.count(_FAILED),
+                          unknown=codes.count(_UNKNOWN), unresolvable=len(unresolvable))
     if not plain_names(names):
         passed = escape_names(passed)
         failed = escape_names(failed)
         unresolvable = escape_names(unresolvable)
-    body = "".join([
-        '{"Nodes":null,"NodeNames":[', '"' if passed else "", '","'.join(passed),
-        '"],"FailedNodes":{' if passed else '],"FailedNodes":{',
-        *_members(failed, failed_fragments), '},"FailedAndUnresolvableNodes":{',
-        *_members(unresolvable, unresolvable_fragments), '},"Error":""}',
-    ])
-    return Answer(body=body.encode(), counts=(
-        len(passed), codes.count(_FAILED), codes.count(_UNKNOWN), len(unresolvable)))
+    return _Parts(passed=passed, failed=failed, failed_fragments=failed_fragments,
+                  unresolvable=unresolvable, unresolvable_fragments=unresolvable_fragments,
+                  counts=counts)
 
 
-def _members(names: list[str], fragments: list[str]) -> list[str]:
-    """The members of a JSON object of strings, as pieces to join: name (escaped),
-    fragment ``":"<value>","`` (opening the next name), name, ..., the last fragment cut
-    after its value."""
-    if not names:
-        return []
-    parts = [""] * (2 * len(names) + 1)
-    parts[0] = '"'
-    parts[1::2] = names
-    parts[2::2] = fragments
-    parts[-1] = parts[-1][:-2]
-    return parts
+def _join(parts: list[_Parts]) -> Answer[FilterCounts] | None:
+    """The answer from its pieces; None when a name is given twice (``FailedNodes`` is a
+    map, so the plain encoder decides which entry stays).
+
+    Each part is joined on its own and then the parts together: no single call over all
+    the candidates, so a thread running this lets the event loop have the GIL between.
+    """
+    failed_seen: set[str] = set()
+    unresolvable_seen: set[str] = set()
+    n_failed = n_unresolvable = 0
+    for x in parts:
+        failed_seen.update(x.failed)
+        unresolvable_seen.update(x.unresolvable)
+        n_failed += len(x.failed)
+        n_unresolvable += len(x.unresolvable)
+    if len(failed_seen) != n_failed or len(unresolvable_seen) != n_unresolvable:
+        return None
+    body = filter_names_body(
+        [name_run(x.passed) for x in parts if x.passed],
+        [member_run(x.failed, x.failed_fragments) for x in parts if x.failed],
+        [member_run(x.unresolvable, x.unresolvable_fragments) for x in parts if x.unresolvable],
+    )
+    counts = FilterCounts(**{k: sum(getattr(x.counts, k) for x in parts) for k in (
+        "passed", "failed", "unknown", "unresolvable")})
+    return Answer(body=body, counts=counts)
+
+
+def encode_names(
+    decisions: Decisions, request: GpuRequest, names: list[str]
+) -> Answer[FilterCounts] | None:
+    """The answer to a ``NodeNames`` request, encoded from pre-encoded fragments.
+
+    The same bytes as ``json_bytes(encode(args, decide(...)))`` (tested), without a dict
+    per answer or escaping a reason per node: the candidates' names are joined as they
+    are when they need no escaping (node names never do), and every rejection's reason
+    was encoded once, when its verdict was made. None for what it does not do: a pod
+    without GPUs, or a name given twice (``FailedNodes`` is a map).
+    """
+    if request.empty:
+        return None
+    return _join([_parts(decisions, request, names)])
 
 
 def encode(args: FilterArgs, out: FilterOutcome) -> ExtenderFilterResult:
@@ -167,56 +237,89 @@ def encode(args: FilterArgs, out: FilterOutcome) -> ExtenderFilterResult:
         nodes = {k: v for k, v in args.node_list.items() if k != "items"}
         nodes["items"] = [n for n in (args.node_list.get("items") or [])
                           if n["metadata"]["name"] in keep]
-    return {
-        "Nodes": nodes,
-        "NodeNames": out.passed if args.by_name else None,
-        "FailedNodes": out.failed,
-        "FailedAndUnresolvableNodes": out.unresolvable,
-        "Error": "",
-    }
+    return filter_result(passed=out.passed if args.by_name else None, failed=out.failed,
+                         unresolvable=out.unresolvable, nodes=nodes)
 
 
 def error_result(message: str) -> ExtenderFilterResult:
-    return {"Nodes": None, "NodeNames": None, "FailedNodes": {},
-            "FailedAndUnresolvableNodes": {}, "Error": message}
+    return filter_result(passed=None, failed={}, unresolvable={}, error=message)
 
 
-def _answer(state: ClusterState, request: GpuRequest, args: FilterArgs) -> Answer:
-    def compute() -> Answer:
+def _counts(out: FilterOutcome) -> FilterCounts:
+    unknown = countOf(out.failed.values(), UNKNOWN_NODE) if out.failed else 0
+    return FilterCounts(passed=len(out.passed), failed=len(out.failed) - unknown,
+                        unknown=unknown, unresolvable=len(out.unresolvable))
+
+
+async def decide_in_slices(
+    state: ClusterState, request: GpuRequest, names: list[str], *, decisions: Decisions
+) -> FilterOutcome:
+    """:func:`decide`, :data:`SLICE` candidates at a time, letting the event loop run in
+    between (the same outcome while the state does not change meanwhile)."""
+    passed: list[str] = []
+    failed: dict[str, str] = {}
+    unresolvable: dict[str, str] = {}
+    for i in range(0, len(names), SLICE):
+        out = decide(state, request, names[i:i + SLICE], decisions=decisions)
+        passed += out.passed
+        failed.update(out.failed)
+        unresolvable.update(out.unresolvable)
+        await asyncio.sleep(0)
+    return FilterOutcome(passed=passed, failed=failed, unresolvable=unresolvable)
+
+
+def answer(decisions: Decisions, request: GpuRequest, args: FilterArgs) -> Answer[FilterCounts]:
+    """The encoded answer to ``args`` (reused while nothing changed, for ``NodeNames``)."""
+
+    def compute() -> Answer[FilterCounts]:
         if args.by_name and args.node_list is None:
-            fast = encode_names(state, request, args.names)
+            fast = encode_names(decisions, request, args.names)
             if fast is not None:
                 return fast
-        out = decide(state, request, args.names)
-        unknown = countOf(out.failed.values(), UNKNOWN_NODE) if out.failed else 0
-        return Answer(
-            body=json.dumps(encode(args, out), separators=(",", ":")).encode(),
-            counts=(len(out.passed), len(out.failed) - unknown, unknown,
-                    len(out.unresolvable)),
-        )
+        out = decide(decisions.state, request, args.names, decisions=decisions)
+        return Answer(body=json_bytes(encode(args, out)), counts=_counts(out))
 
     if not args.by_name or args.node_list is not None:
         return compute()
-    return state.answer("filter", request, args.names, compute)
+    return decisions.answer("filter", request, args.names, compute)
 
 
-async def handle(request: web.Request, body: bytes) -> web.Response:
-    ext = request.app[CONTEXT]
-    args = decode_extender_args(decode_json(body))
-    gpu = ext.gpu_request("filter", args.pod)
-    if isinstance(gpu, RequestError):
-        return json_response(error_result(str(gpu)))  # the scheduler shows it on the pod
+async def handle(ext: Extender, data: Any) -> web.Response:
+    args = decode_extender_args(data)
+    pod = ext.pod("filter", args.pod)
+    if isinstance(pod, RequestError):
+        return json_response(error_result(str(pod)))  # the scheduler shows it on the pod
+    gpu = pod.request
     if not gpu.empty:
-        ext.cluster.note_pod(args.pod)
-    answer = _answer(ext.state, gpu, args)
-    passed, failed, unknown, unresolvable = answer.counts
+        ext.cluster.note_pod(pod)
+    many = len(args.names) > 2 * SLICE
+    sliced: Answer[FilterCounts] | None = None
+    if many and args.by_name and args.node_list is None and not gpu.empty:
+        # Many names: judged in slices, joined from their pieces off the event loop.
+        parts = []
+        for i in range(0, len(args.names), SLICE):
+            parts.append(_parts(ext.decisions, gpu, args.names[i:i + SLICE]))
+            await asyncio.sleep(0)
+        sliced = await ext.intake.run(_join, parts)
+        del parts
+    if sliced is not None:
+        result = sliced
+    elif many or (args.node_list is not None and len(args.names) > _LARGE_NODE_LIST):
+        # A full-Nodes answer (it echoes the Node objects), or names given twice: judge
+        # in slices and encode off the event loop.
+        out = await decide_in_slices(ext.state, gpu, args.names, decisions=ext.decisions)
+        body = await ext.intake.run(dumps_chunked, encode(args, out))
+        result = Answer(body=body, counts=_counts(out))
+    else:
+        result = answer(ext.decisions, gpu, args)
+    c = result.counts
     d = ext.metrics.decisions
-    d.labels("passed").inc(passed)
-    d.labels("failed").inc(failed)
-    d.labels("unknown").inc(unknown)
-    d.labels("unresolvable").inc(unresolvable)
+    d.labels("passed").inc(c.passed)
+    d.labels("failed").inc(c.failed)
+    d.labels("unknown").inc(c.unknown)
+    d.labels("unresolvable").inc(c.unresolvable)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("filter pod=%s request=%s nodes=%d passed=%d failed=%d unknown=%d "
-                  "unresolvable=%d", pod_ref(args.pod), gpu.describe(), len(args.names),
-                  passed, failed, unknown, unresolvable)
-    return web.Response(body=answer.body, content_type="application/json")
+                  "unresolvable=%d", pod.ref, gpu.describe(), len(args.names), c.passed,
+                  c.failed, c.unknown, c.unresolvable)
+    return web.Response(body=result.body, content_type="application/json")

@@ -7,45 +7,39 @@ list, which replaces what the state holds for that kind. The GPUs a pod holds ar
 pod: the allocated annotation (the plugin's record of what the kubelet did) if present,
 else the assigned one (this extender's choice at bind).
 
-The ``kubernetes`` client is synchronous: each kind is followed in a daemon thread that
-hands every change to the event loop (``call_soon_threadsafe``), so ``ClusterState`` is
-only ever touched on the loop. Writes run in worker threads (``asyncio.to_thread``).
-JSON is handled raw (no model deserialization): faster, and nothing is lost.
+The API client (``extender.kubeapi``) is synchronous: each kind is followed in a daemon
+thread that hands every change to the event loop (``call_soon_threadsafe``), so
+``ClusterState`` is only ever touched on the loop. Writes run in worker threads
+(``asyncio.to_thread``). Observed pods go through the same rule as the in-memory
+source's (``extender.pods.apply_pod``); this module does not know that source.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
 
-from extender.cluster import Cluster, ClusterError, holding_from_pod
+from extender.cluster import Cluster, ClusterError
+from extender.kubeapi import ApiError, KubeApi, WatchExpired
 from extender.leader import LeaseElector
-from extender.memory import apply_pod
+from extender.pods import Pod, apply_pod, decode_pod, holding_from_pod
+from extender.request import PodRef
 from extender.state import ClusterState, Holding
 from topology.handoff import HandoffError, topology_from_gputopology
 from topology.model import Topology
 from topology.names import (
     ASSIGNED_GPUS_ANNOTATION,
+    DEFAULT_RESOURCE_NAME,
     GPUTOPOLOGY_GROUP,
     GPUTOPOLOGY_PLURAL,
     GPUTOPOLOGY_VERSION,
+    TERMINAL_PHASES,
 )
 
-__all__ = [
-    "GPUTOPOLOGY_PATH",
-    "POD_FIELD_SELECTOR",
-    "ApiClientKube",
-    "ApiError",
-    "KubeApi",
-    "KubeCluster",
-    "WatchExpired",
-    "load_api",
-]
+__all__ = ["GPUTOPOLOGY_PATH", "POD_FIELD_SELECTOR", "KubeCluster"]
 
 log = logging.getLogger(__name__)
 
@@ -53,133 +47,11 @@ GPUTOPOLOGY_PATH: Final = f"/apis/{GPUTOPOLOGY_GROUP}/{GPUTOPOLOGY_VERSION}/{GPU
 PODS_PATH: Final = "/api/v1/pods"
 #: Only pods that can hold GPUs: bound and not terminal. A pod leaving this set (it
 #: finished) arrives as a DELETED event, which releases its GPUs.
-POD_FIELD_SELECTOR: Final = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+POD_FIELD_SELECTOR: Final = ",".join(
+    ["spec.nodeName!=", *(f"status.phase!={p}" for p in sorted(TERMINAL_PHASES))])
 _LIST_PAGE: Final = 500
 _WATCH_TIMEOUT_S: Final = 300
 _BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-class ApiError(Exception):
-    """A non-2xx answer from the API server."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-
-
-class WatchExpired(Exception):
-    """The watch's resourceVersion is too old (410 Gone): list again."""
-
-
-class KubeApi(Protocol):
-    """Raw JSON requests to the API server (blocking; called from threads)."""
-
-    def request(
-        self, method: str, path: str, *, query: Mapping[str, str] | None = None,
-        body: Any = None, content_type: str = "application/json",
-    ) -> Any:
-        """The decoded JSON answer; raises :class:`ApiError` on a non-2xx status."""
-        ...
-
-    def watch(self, path: str, *, query: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-        """Watch events as dicts; raises :class:`WatchExpired` on 410."""
-        ...
-
-    def abort_watches(self) -> None:
-        """End every open watch now (shutdown): their threads must not linger."""
-        ...
-
-
-class ApiClientKube:
-    """:class:`KubeApi` over ``kubernetes.client.ApiClient`` (auth, TLS, exec plugins)."""
-
-    def __init__(self, api_client: Any, *, timeout_s: float = 30.0) -> None:
-        self.api = api_client
-        self.timeout_s = timeout_s
-        self._open: set[Any] = set()
-        self._lock = threading.Lock()
-
-    def abort_watches(self) -> None:
-        with self._lock:
-            responses = list(self._open)
-        for resp in responses:
-            # urllib3 >= 2.3 can shut a response down from another thread; else close it
-            close = getattr(resp, "shutdown", None) or resp.close
-            with contextlib.suppress(Exception):
-                close()
-
-    def _call(self, method: str, path: str, query: Mapping[str, str] | None, body: Any,
-              content_type: str, timeout: float) -> Any:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        params = self.api.param_serialize(
-            method=method, resource_path=path, query_params=list((query or {}).items()),
-            header_params=headers, body=body, auth_settings=["BearerToken"],
-        )
-        return self.api.call_api(*params, _request_timeout=timeout)
-
-    def request(
-        self, method: str, path: str, *, query: Mapping[str, str] | None = None,
-        body: Any = None, content_type: str = "application/json",
-    ) -> Any:
-        resp = self._call(method, path, query, body, content_type, self.timeout_s)
-        data = resp.read()
-        if not 200 <= resp.status <= 299:
-            raise ApiError(resp.status, _status_message(data))
-        return json.loads(data) if data else None
-
-    def watch(self, path: str, *, query: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-        from kubernetes.watch.watch import iter_resp_lines
-
-        q = {**query, "watch": "true"}
-        timeout = float(q.get("timeoutSeconds", _WATCH_TIMEOUT_S)) + 30.0
-        resp = self._call("GET", path, q, None, "application/json", timeout)
-        with self._lock:
-            self._open.add(resp.response)
-        try:
-            if resp.status == 410:
-                raise WatchExpired(_status_message(resp.read()))
-            if not 200 <= resp.status <= 299:
-                raise ApiError(resp.status, _status_message(resp.read()))
-            for line in iter_resp_lines(resp.response):  # type: ignore[no-untyped-call]
-                if not line:
-                    continue
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    obj = event.get("object") or {}
-                    if obj.get("code") == 410:
-                        raise WatchExpired(str(obj.get("message", "resource version too old")))
-                    raise ApiError(int(obj.get("code") or 500), str(obj.get("message", "")))
-                yield event
-        finally:
-            with self._lock:
-                self._open.discard(resp.response)
-            resp.response.release_conn()
-
-
-def _status_message(data: bytes | None) -> str:
-    if not data:
-        return ""
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        return data[:200].decode("utf-8", "replace")
-    return str(obj.get("message") or obj.get("reason") or obj) if isinstance(obj, dict) else ""
-
-
-def load_api(*, kubeconfig: str | None, in_cluster: bool) -> ApiClientKube:
-    """Credentials from a kubeconfig file, or the pod's service account."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if in_cluster:
-        config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration)
-    else:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, client_configuration=configuration)
-    return ApiClientKube(client.ApiClient(configuration))
 
 
 class KubeCluster:
@@ -191,8 +63,10 @@ class KubeCluster:
         self, api: KubeApi, *, state: ClusterState | None = None,
         elector: LeaseElector | None = None, watch_timeout_s: int = _WATCH_TIMEOUT_S,
         backoff_s: tuple[float, ...] = _BACKOFF_S,
+        resource_names: Iterable[str] = (DEFAULT_RESOURCE_NAME,),
     ) -> None:
         self.api = api
+        self.resource_names = tuple(resource_names)
         self.state = state if state is not None else ClusterState()
         self.elector = elector
         self.watch_timeout_s = watch_timeout_s
@@ -204,6 +78,9 @@ class KubeCluster:
         self._elector_task: asyncio.Task[None] | None = None
         #: How many full lists each kind has had (tests of resync).
         self.lists: dict[str, int] = {"gputopologies": 0, "pods": 0}
+        #: Lists and watch events applied to the state so far (see wait_applied).
+        self.applied = 0
+        self._waiters: list[asyncio.Future[None]] = []
 
     # -- Cluster ------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
@@ -239,42 +116,48 @@ class KubeCluster:
             await asyncio.to_thread(t.join, 1.0)
         self._threads.clear()
 
-    def note_pod(self, pod: Mapping[str, Any]) -> None:
+    def note_pod(self, pod: Pod) -> None:
         """Pods are read from the API at bind; nothing to keep."""
 
-    async def get_pod(self, namespace: str, name: str, uid: str) -> Mapping[str, Any] | None:
+    async def get_pod(self, ref: PodRef) -> Pod | None:
+        """The pod as the API server has it now, decoded (:class:`RequestError` if it is
+        not a valid pod, :class:`ClusterError` if it cannot be read)."""
         try:
-            return await asyncio.to_thread(
-                self.api.request, "GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+            raw = await asyncio.to_thread(
+                self.api.request, "GET", f"/api/v1/namespaces/{ref.namespace}/pods/{ref.name}")
         except ApiError as e:
             if e.status == 404:
                 return None
             raise ClusterError(str(e)) from None
         except Exception as e:
             raise ClusterError(f"API server unreachable: {e}") from None
+        if not isinstance(raw, Mapping):
+            raise ClusterError(f"reading pod {ref}: the API server answered no object")
+        return decode_pod(raw, self.resource_names)
 
-    async def assign(self, namespace: str, name: str, uid: str, value: str) -> None:
-        # metadata.uid in the patch is a precondition: a recreated pod is refused.
-        patch = {"metadata": {"uid": uid, "annotations": {ASSIGNED_GPUS_ANNOTATION: value}}}
-        await self._write("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", patch,
-                          "application/merge-patch+json")
-
-    async def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+    async def bind(self, ref: PodRef, node: str, assigned: str | None) -> None:
+        """Write the assigned annotation (when the pod has GPUs), then the Binding."""
+        ns, name, uid = ref.namespace, ref.name, ref.uid
+        if assigned is not None:
+            # metadata.uid in the patch is a precondition: a recreated pod is refused.
+            patch = {"metadata": {"uid": uid, "annotations": {ASSIGNED_GPUS_ANNOTATION: assigned}}}
+            await self._write("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}", patch,
+                              "application/merge-patch+json")
         binding = {
             "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "metadata": {"name": name, "namespace": ns, "uid": uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         try:
-            await self._write("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding",
+            await self._write("POST", f"/api/v1/namespaces/{ns}/pods/{name}/binding",
                               binding, "application/json")
         except ClusterError as e:
             if not e.conflict:
                 raise
-            pod = await self.get_pod(namespace, name, uid)
-            if pod is None or (pod.get("spec") or {}).get("nodeName") != node:
+            pod = await self.get_pod(ref)
+            if pod is None or pod.node != node:
                 raise
-            log.info("binding existed pod=%s/%s node=%s", namespace, name, node)
+            log.info("binding existed pod=%s node=%s", ref, node)
 
     async def _write(self, method: str, path: str, body: Any, content_type: str) -> None:
         try:
@@ -289,7 +172,23 @@ class KubeCluster:
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
+            loop.call_soon_threadsafe(self._apply, fn, *args)
+
+    def _apply(self, fn: Callable[..., None], *args: Any) -> None:
+        fn(*args)
+        self.applied += 1
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def wait_applied(self, after: int) -> None:
+        """Return once more than ``after`` lists and watch events have been applied
+        (read ``applied`` before looking at the state, then wait with it)."""
+        while self.applied <= after:
+            w = asyncio.get_running_loop().create_future()
+            self._waiters.append(w)
+            await w
 
     def _list(self, path: str, query: Mapping[str, str]) -> tuple[list[dict[str, Any]], str]:
         items: list[dict[str, Any]] = []

@@ -17,10 +17,9 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from extender.kube import KubeApi
+from extender.kubeapi import ApiError, KubeApi
 
 __all__ = ["LeaseElector"]
 
@@ -52,6 +51,9 @@ class LeaseElector:
         self._holder = ""
         self._renewed_at: float | None = None
         self._stopping = asyncio.Event()
+        #: Rounds run by :meth:`run` so far (see wait_rounds).
+        self.rounds = 0
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def path(self) -> str:
@@ -67,8 +69,6 @@ class LeaseElector:
 
     def try_acquire_or_renew(self) -> bool:
         """One round: take or renew the lease if possible. Blocking (API calls)."""
-        from extender.kube import ApiError
-
         now = self.clock()
         wall = _micro_time(self.wall_clock())
         try:
@@ -106,8 +106,6 @@ class LeaseElector:
         return self._write("PUT", self.path, body, now)
 
     def _write(self, method: str, path: str, body: dict[str, Any], now: float) -> bool:
-        from extender.kube import ApiError
-
         try:
             self.api.request(method, path, body=body)
         except ApiError as e:
@@ -122,8 +120,6 @@ class LeaseElector:
 
     def release(self) -> None:
         """Give the lease up (shutdown) so a standby need not wait for it to expire."""
-        from extender.kube import ApiError
-
         if self._renewed_at is None:
             return
         try:
@@ -139,6 +135,13 @@ class LeaseElector:
             log.warning("lease release failed lease=%s error=%r", self.name, str(e))
         finally:
             self._renewed_at = None
+
+    async def wait_rounds(self, after: int) -> None:
+        """Return once :meth:`run` has finished more than ``after`` rounds."""
+        while self.rounds <= after:
+            w = asyncio.get_running_loop().create_future()
+            self._waiters.append(w)
+            await w
 
     def stop(self) -> None:
         self._stopping.set()
@@ -156,6 +159,11 @@ class LeaseElector:
                 if was and not now:
                     log.warning("leadership lost lease=%s identity=%s", self.name, self.identity)
                 was = now
+                self.rounds += 1
+                waiters, self._waiters = self._waiters, []
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.retry_period_s)
         finally:

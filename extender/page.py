@@ -12,7 +12,8 @@ import html
 from urllib.parse import urlencode
 
 from extender.state import ClusterState
-from topology.allocate import indices_of
+from extender.views import summary, users
+from topology.gpuids import indices_of
 from topology.render import to_svg
 
 __all__ = ["render_page"]
@@ -40,7 +41,7 @@ def render_page(
     total = len(names)
     offset = max(0, min(offset, total))
     shown = names[offset:offset + limit]
-    s = state.summary()
+    s = summary(state)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -66,19 +67,19 @@ def render_page(
 
 def _node(state: ClusterState, name: str) -> str:
     n = state.nodes[name]
-    users = state.users(name)
+    who = users(state, name)
     free = indices_of(n.free_mask)
     model = n.topology.model or "mixed GPUs"
-    svg = to_svg(n.topology, used=users, title=n.topology.name or model)
+    svg = to_svg(n.topology, used=who, title=n.topology.name or model)
     rows = "".join(
-        f'<tr class="used" data-gpu="{i}"><td>GPU{i}</td><td>{html.escape(who)}</td></tr>'
-        for i, who in sorted(users.items())
+        f'<tr class="used" data-gpu="{i}"><td>GPU{i}</td><td>{html.escape(holder)}</td></tr>'
+        for i, holder in sorted(who.items())
     )
     esc = html.escape(name, quote=True)
     return (
         f'<section class="node" id="node-{esc}" data-node="{esc}" '
         f'data-free="{",".join(map(str, free))}" '
-        f'data-used="{",".join(str(i) for i in sorted(users))}">'
+        f'data-used="{",".join(str(i) for i in sorted(who))}">'
         f"<h2>{html.escape(name)}</h2>"
         f'<div class="meta">{html.escape(model)} &middot; {n.topology.size} GPUs &middot; '
         f'<span class="free">{len(free)} free</span> &middot; '

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from extender.request import ContainerRequest, GpuRequest
-from topology.allocate import Allocation, Allocator, Infeasible, indices_of, mask_of
+from topology.allocate import Allocation, Allocator, Infeasible
+from topology.gpuids import indices_of, mask_of
 from topology.links import Link, bandwidth_gbps
 
 __all__ = ["Plan", "Rejection", "Verdict", "place"]

@@ -18,20 +18,17 @@ import functools
 import itertools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from extender.context import CONTEXT
+from extender.context import Extender
+from extender.decisions import Decisions, Key
+from extender.encoding import json_response
 from extender.plan import Plan, Verdict, place
-from extender.request import GpuRequest, RequestError, pod_ref
+from extender.request import GpuRequest, RequestError
 from extender.state import ClusterState, NodeState
-from extender.wire import (
-    ExtenderPreemptionResult,
-    MetaVictims,
-    decode_json,
-    decode_preemption_args,
-    json_response,
-)
+from extender.wire import ExtenderPreemptionResult, MetaVictims, decode_preemption_args
 
 __all__ = ["MAX_SUBSETS", "decide", "handle"]
 
@@ -45,11 +42,12 @@ def decide(
     state: ClusterState,
     request: GpuRequest,
     victims: dict[str, tuple[tuple[str, ...], int]],
+    *, decisions: Decisions | None = None,
 ) -> dict[str, MetaVictims]:
     """The candidates to keep, each with its (possibly fewer) victims."""
     if request.empty or not request.required:
         return {node: _meta(uids, pdb) for node, (uids, pdb) in victims.items() if uids}
-    cache = state.verdicts(request)
+    cache = (decisions or Decisions(state)).verdicts(request)
     out: dict[str, MetaVictims] = {}
     for node_name, (uids, pdb) in victims.items():
         node = state.nodes.get(node_name)
@@ -59,7 +57,7 @@ def decide(
         others: list[str] = []
         for uid in uids:
             h = state.holdings.get(uid)
-            mask = node.mask_of_ids(h.ids) if h is not None and h.node == node_name else 0
+            mask = node.gpus.mask_of_ids(h.ids) if h is not None and h.node == node_name else 0
             if mask:
                 holding_gpus.append((uid, mask))
             else:
@@ -82,7 +80,7 @@ def decide(
 
 def _plan_with(
     state: ClusterState,
-    node: NodeState, request: GpuRequest, cache: dict[int, Verdict], freed: int
+    node: NodeState, request: GpuRequest, cache: dict[Key, Verdict], freed: int
 ) -> Plan | None:
     """The pod's plan on ``node`` if the GPUs of ``freed`` were free too."""
     free = (node.free_mask | freed) & node.full_mask
@@ -121,18 +119,16 @@ def _meta(uids: tuple[str, ...], pdb: int) -> MetaVictims:
     return {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": pdb}
 
 
-async def handle(request: web.Request, body: bytes) -> web.Response:
-    ext = request.app[CONTEXT]
-    args = decode_preemption_args(decode_json(body))
-    gpu = ext.gpu_request("preempt", args.pod)
-    if isinstance(gpu, RequestError):
+async def handle(ext: Extender, data: Any) -> web.Response:
+    args = decode_preemption_args(data)
+    pod = ext.pod("preempt", args.pod, need_uid=False)
+    if isinstance(pod, RequestError):
         # No Error field in the preemption result: offer no candidates (nothing evicted).
         result: ExtenderPreemptionResult = {"NodeNameToMetaVictims": {}}
         return json_response(result)
-    kept = decide(ext.state, gpu, args.victims)
+    kept = decide(ext.state, pod.request, args.victims, decisions=ext.decisions)
     ext.metrics.preempt_nodes.labels("kept").inc(len(kept))
     ext.metrics.preempt_nodes.labels("dropped").inc(len(args.victims) - len(kept))
-    log.info("preempt pod=%s candidates=%d kept=%d", pod_ref(args.pod), len(args.victims),
-             len(kept))
+    log.info("preempt pod=%s candidates=%d kept=%d", pod.ref, len(args.victims), len(kept))
     result = {"NodeNameToMetaVictims": kept}
     return json_response(result)

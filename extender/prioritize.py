@@ -32,24 +32,57 @@ scores 0 everywhere (the extender adds nothing). The scheduler adds
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 from aiohttp import web
 
-from extender.context import CONTEXT
+from extender.context import Extender
+from extender.decisions import Answer, Decisions, Key
+from extender.encoding import (
+    SCORE_TAILS,
+    escape_names,
+    host_priorities,
+    host_priorities_body,
+    plain_names,
+    scores_body,
+)
 from extender.plan import Plan, Verdict
-from extender.request import GpuRequest, RequestError, pod_ref
-from extender.state import Answer, ClusterState, Key
-from extender.wire import HostPriority, decode_extender_args, decode_json, escape_names, plain_names
+from extender.request import GpuRequest, RequestError
+from extender.state import ClusterState
+from extender.wire import decode_extender_args
 from topology.names import MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY
 
-__all__ = ["WEIGHTS", "encode", "handle", "host_priorities", "normalize", "score", "scores"]
+__all__ = [
+    "WEIGHTS",
+    "Top",
+    "answer",
+    "encode",
+    "handle",
+    "host_priorities",
+    "normalize",
+    "score",
+    "scores",
+    "scores_in_slices",
+]
 
 log = logging.getLogger(__name__)
 
 #: (M, R, A, L) weights of the formula above.
 WEIGHTS = (0.40, 0.30, 0.15, 0.15)
+#: More candidates than twice this are ranked in slices (the event loop runs between
+#: them) and the answer is encoded in a worker thread.
+SLICE: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Top:
+    """The first best candidate: its index in the request (-1: none) and its score."""
+
+    index: int
+    score: int
 
 
 def normalize(x: float) -> int:
@@ -94,16 +127,28 @@ class _Ranked:
                 self.rings[key] = verdict.ring_gbps
 
 
+def _judge(
+    decisions: Decisions, request: GpuRequest, names: list[str], ranked: _Ranked
+) -> tuple[list[Key], set[Key]]:
+    keys = decisions.keys_of(names)
+    distinct = set(keys)
+    if not distinct <= ranked.seen:
+        decisions.judge_new(request, names, keys, ranked.seen, ranked.add)
+    return keys, distinct
+
+
 def _rank(
-    state: ClusterState, request: GpuRequest, names: list[str]
+    decisions: Decisions, request: GpuRequest, names: list[str]
 ) -> tuple[list[Key], set[Key], _Ranked]:
     """Every candidate's key, and the scores by key of those keys; computed once per
     node state while the best figures among the candidates stay the same."""
-    ranked = state.table(request, _Ranked)
-    keys = state.keys_of(names)
-    distinct = set(keys)
-    if not distinct <= ranked.seen:
-        state.judge_new(request, names, keys, ranked.seen, ranked.add)
+    ranked = decisions.table(request, _Ranked)
+    keys, distinct = _judge(decisions, request, names, ranked)
+    _score(ranked, distinct)
+    return keys, distinct, ranked
+
+
+def _score(ranked: _Ranked, distinct: set[Key]) -> None:
     rings, pairs = ranked.rings, ranked.pairs
     best = (max(map(rings.__getitem__, distinct.intersection(rings)), default=0.0),
             max(map(pairs.__getitem__, distinct.intersection(pairs)), default=0.0))
@@ -115,71 +160,86 @@ def _rank(
         plan = ranked.plans.get(k)
         value = MIN_EXTENDER_PRIORITY if plan is None else score(plan, *best)
         ranked.scores[k] = value
-        ranked.tails[k] = _TAILS[value]
-    return keys, distinct, ranked
+        ranked.tails[k] = SCORE_TAILS[value]
 
 
-def scores(state: ClusterState, request: GpuRequest, names: list[str]) -> list[int]:
-    """The score of every candidate, in request order; computed once per node state."""
+async def scores_in_slices(
+    state: ClusterState, request: GpuRequest, names: list[str], *, decisions: Decisions
+) -> list[int]:
+    """:func:`scores`, judging :data:`SLICE` candidates at a time and letting the event
+    loop run in between; normalized over all the candidates, as one call would."""
     if request.empty:
         return [MIN_EXTENDER_PRIORITY] * len(names)
-    keys, _, ranked = _rank(state, request, names)
+    ranked = decisions.table(request, _Ranked)
+    keys: list[Key] = []
+    distinct: set[Key] = set()
+    for i in range(0, len(names), SLICE):
+        part, seen = _judge(decisions, request, names[i:i + SLICE], ranked)
+        keys += part
+        distinct |= seen
+        await asyncio.sleep(0)
+    _score(ranked, distinct)
+    values: list[int] = []
+    for i in range(0, len(keys), SLICE):
+        values += map(ranked.scores.__getitem__, keys[i:i + SLICE])
+        await asyncio.sleep(0)
+    return values
+
+
+def scores(
+    state: ClusterState, request: GpuRequest, names: list[str], *,
+    decisions: Decisions | None = None,
+) -> list[int]:
+    """The score of every candidate, in request order; computed once per node state.
+
+    Pass the app's ``decisions`` to share verdicts across calls (a throwaway one is
+    made otherwise)."""
+    if request.empty:
+        return [MIN_EXTENDER_PRIORITY] * len(names)
+    if decisions is None:
+        decisions = Decisions(state)
+    elif decisions.state is not state:
+        raise ValueError("these decisions belong to another ClusterState")
+    keys, _, ranked = _rank(decisions, request, names)
     return list(map(ranked.scores.__getitem__, keys))
 
 
-def host_priorities(names: list[str], values: list[int]) -> list[HostPriority]:
-    return [{"Host": n, "Score": s} for n, s in zip(names, values, strict=True)]
-
-
-# The HostPriorityList is written as: '[{"Host":"' name tail name tail ... where a tail
-# closes one entry and opens the next; the last one closes the list instead.
-_OPEN: Final = '[{"Host":"'
-_TAILS: Final = tuple(f'","Score":{s}}},{{"Host":"' for s in range(MAX_EXTENDER_PRIORITY + 1))
-_CUT: Final = len(',{"Host":"')
-
-
-def _body(names: list[str], tails: list[str]) -> bytes:
-    """``names`` (plain or escaped) and their tails as the JSON HostPriorityList."""
-    if not names:
-        return b"[]"
-    parts = [""] * (2 * len(names) + 1)
-    parts[0] = _OPEN
-    parts[1::2] = names
-    parts[2::2] = tails
-    parts[-1] = parts[-1][:-_CUT] + "]"
-    return "".join(parts).encode()
-
-
 def encode(names: list[str], values: list[int]) -> bytes:
-    """The HostPriorityList as JSON: the same bytes as ``json.dumps`` of
-    :func:`host_priorities` (compact), without a dict per node."""
-    plain = names if plain_names(names) else escape_names(names)
-    return _body(plain, list(map(_TAILS.__getitem__, values)))
+    """The HostPriorityList as JSON (``extender.encoding.scores_body``)."""
+    return scores_body(names, values)
 
 
-def _answer(state: ClusterState, request: GpuRequest, names: list[str]) -> Answer:
-    """The encoded answer; counts: the first best node's index and its score."""
+def answer(decisions: Decisions, request: GpuRequest, names: list[str]) -> Answer[Top]:
+    """The encoded answer, and the first best candidate."""
     if request.empty:
-        values = scores(state, request, names)
-        return Answer(body=encode(names, values), counts=(0, 0) if names else (-1, 0))
-    keys, distinct, ranked = _rank(state, request, names)
+        values = [MIN_EXTENDER_PRIORITY] * len(names)
+        return Answer(body=encode(names, values),
+                      counts=Top(index=0 if names else -1, score=0))
+    keys, distinct, ranked = _rank(decisions, request, names)
     tails = list(map(ranked.tails.__getitem__, keys))
     best = max(map(ranked.scores.__getitem__, distinct), default=0)
-    top = tails.index(_TAILS[best]) if tails else -1
+    top = tails.index(SCORE_TAILS[best]) if tails else -1
     plain = names if plain_names(names) else escape_names(names)
-    return Answer(body=_body(plain, tails), counts=(top, best))
+    return Answer(body=host_priorities_body(plain, tails), counts=Top(index=top, score=best))
 
 
-async def handle(request: web.Request, body: bytes) -> web.Response:
-    ext = request.app[CONTEXT]
-    args = decode_extender_args(decode_json(body))
-    gpu = ext.gpu_request("prioritize", args.pod)
-    if isinstance(gpu, RequestError):
-        gpu = GpuRequest()  # no Error field here; the filter told the pod. Score nothing.
-    answer = ext.state.answer("prioritize", gpu, args.names,
-                              lambda: _answer(ext.state, gpu, args.names))
+async def handle(ext: Extender, data: Any) -> web.Response:
+    args = decode_extender_args(data)
+    pod = ext.pod("prioritize", args.pod, need_uid=False)
+    # An invalid pod has no Error field here (the filter told it): score nothing.
+    gpu = GpuRequest() if isinstance(pod, RequestError) else pod.request
+    if len(args.names) > 2 * SLICE:
+        values = await scores_in_slices(ext.state, gpu, args.names, decisions=ext.decisions)
+        body = await ext.intake.run(scores_body, args.names, values)
+        best = max(values, default=0)
+        result = Answer(body=body, counts=Top(index=values.index(best) if values else -1,
+                                              score=best))
+    else:
+        result = ext.decisions.answer("prioritize", gpu, args.names,
+                                      lambda: answer(ext.decisions, gpu, args.names))
     if log.isEnabledFor(logging.DEBUG):
-        top, best = answer.counts
-        log.debug("prioritize pod=%s nodes=%d top=%s", pod_ref(args.pod), len(args.names),
-                  f"{args.names[top]}:{best}" if top >= 0 else None)
-    return web.Response(body=answer.body, content_type="application/json")
+        top = result.counts
+        log.debug("prioritize pod=%s nodes=%d top=%s",
+                  "invalid" if isinstance(pod, RequestError) else pod.ref, len(args.names),
+                  f"{args.names[top.index]}:{top.score}" if top.index >= 0 else None)
+    return web.Response(body=result.body, content_type="application/json")

@@ -27,7 +27,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from topology.links import Link, parse_min_link
+from extender.validation import (
+    MAX_ANNOTATIONS_BYTES,
+    dns_label_problem,
+    qualified_name_problem,
+    show,
+)
+from topology.links import MIN_LINK_VALUES_TEXT, Link, parse_min_link
 from topology.names import (
     DEFAULT_RESOURCE_NAME,
     LINK_POLICY_ANNOTATION,
@@ -39,7 +45,8 @@ from topology.names import (
 
 __all__ = ["ContainerRequest", "GpuRequest", "PodRef", "RequestError", "pod_ref"]
 
-_INTEGER: Final = re.compile(r"^\+?[0-9]+$")
+#: A quantity as the API server writes a whole number: no sign, no leading zeros.
+_CANONICAL: Final = re.compile(r"0|[1-9][0-9]{0,8}")
 #: More GPUs than any node has; a larger count is a typo, answered as an error.
 _MAX_COUNT: Final = 1 << 16
 
@@ -130,7 +137,12 @@ class GpuRequest:
     def from_pod(
         cls, pod: Mapping[str, Any], resource_names: Iterable[str] = (DEFAULT_RESOURCE_NAME,)
     ) -> GpuRequest:
-        """Read the GPU request of a Pod object (Kubernetes API JSON).
+        """Read and check the GPU request of a Pod object (Kubernetes API JSON).
+
+        Every container (init containers too) needs a unique DNS-1123 label as its
+        name; GPU quantities are whole numbers in canonical form (``"4"``, as the API
+        server writes them) up to 65536; annotations are a map of strings of at most
+        256 KiB. Anything else raises :class:`RequestError` naming the field path.
 
         >>> pod = {"metadata": {"annotations": {"gputopo.io/min-link": "nvlink",
         ...                                     "gputopo.io/link-policy": "required"}},
@@ -143,24 +155,33 @@ class GpuRequest:
         ...                      "spec": {"containers": []}})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        extender.request.RequestError: annotation gputopo.io/min-link: unknown link class 'fast'...
+        extender.request.RequestError: Pod.metadata.annotations[gputopo.io/min-link]: unknown...
         """
         names = tuple(resource_names)
         spec = _mapping(pod.get("spec"), "Pod.spec")
         containers: list[ContainerRequest] = []
+        seen: dict[str, str] = {}
         for field, is_init in (("initContainers", True), ("containers", False)):
             for i, c in enumerate(_list(spec.get(field), f"Pod.spec.{field}")):
                 where = f"Pod.spec.{field}[{i}]"
                 c = _mapping(c, where)
                 name = c.get("name")
                 if not isinstance(name, str) or not name:
-                    raise RequestError(f"{where}.name: expected a container name, got {name!r}")
-                count = _container_count(c, names, name)
+                    raise RequestError(f"{where}.name: expected a container name, got "
+                                       f"{show(name)}")
+                problem = dns_label_problem(name)
+                if problem is not None:
+                    raise RequestError(f"{where}.name: {problem}")
+                if name in seen:
+                    raise RequestError(f"{where}.name: duplicate container name {name!r} "
+                                       f"(also {seen[name]}.name)")
+                seen[name] = where
+                count = _container_count(c, names, where)
                 if count:
                     shared = is_init and c.get("restartPolicy") != "Always"
                     containers.append(ContainerRequest(name=name, count=count, shared=shared))
         meta = _mapping(pod.get("metadata"), "Pod.metadata")
-        annotations = _mapping(meta.get("annotations"), "Pod.metadata.annotations")
+        annotations = _annotations(meta.get("annotations"))
         min_link, required = _constraint(annotations)
         return cls(containers=tuple(containers), min_link=min_link, required=required)
 
@@ -177,78 +198,103 @@ def pod_ref(pod: Mapping[str, Any]) -> PodRef:
     )
 
 
-def _constraint(annotations: Mapping[str, Any]) -> tuple[Link | None, bool]:
+def _annotations(value: object) -> Mapping[str, str]:
+    """``metadata.annotations``: null (none) or a map of strings, 256 KiB in all."""
+    where = "Pod.metadata.annotations"
+    annotations = _mapping(value, where)
+    size = 0
+    for key, v in annotations.items():
+        if not isinstance(v, str):
+            raise RequestError(f"{where}[{show(key)[1:-1]}]: expected a string, got "
+                               f"{_kind(v)}")
+        problem = qualified_name_problem(key.lower())
+        if problem is not None:
+            raise RequestError(f"{where}: key {problem}")
+        size += len(key) + len(v)
+    if size > MAX_ANNOTATIONS_BYTES:
+        raise RequestError(f"{where}: {size} bytes in all, over the {MAX_ANNOTATIONS_BYTES} "
+                           "Kubernetes allows")
+    return annotations
+
+
+def _constraint(annotations: Mapping[str, str]) -> tuple[Link | None, bool]:
     raw_link = annotations.get(MIN_LINK_ANNOTATION)
     raw_policy = annotations.get(LINK_POLICY_ANNOTATION)
+    link_at = f"Pod.metadata.annotations[{MIN_LINK_ANNOTATION}]"
+    policy_at = f"Pod.metadata.annotations[{LINK_POLICY_ANNOTATION}]"
     min_link = None
     if raw_link is not None:
-        if not isinstance(raw_link, str):
-            raise RequestError(f"annotation {MIN_LINK_ANNOTATION}: expected a string")
         try:
-            min_link = parse_min_link(raw_link)
-        except ValueError as e:
-            raise RequestError(f"annotation {MIN_LINK_ANNOTATION}: {e}") from None
+            min_link = parse_min_link(raw_link[:64])
+        except ValueError:
+            raise RequestError(f"{link_at}: unknown link class {show(raw_link)}; allowed: "
+                               f"{MIN_LINK_VALUES_TEXT}") from None
     required = False
     if raw_policy is not None:
-        policy = raw_policy.strip().lower() if isinstance(raw_policy, str) else None
+        policy = raw_policy.strip().lower()
         if policy not in LINK_POLICY_VALUES:
             raise RequestError(
-                f"annotation {LINK_POLICY_ANNOTATION}: invalid value {raw_policy!r}; "
+                f"{policy_at}: invalid value {show(raw_policy)}; "
                 f"allowed: {', '.join(LINK_POLICY_VALUES)}"
             )
         required = policy == LINK_POLICY_REQUIRED
         if required and min_link is None:
             raise RequestError(
-                f"annotation {LINK_POLICY_ANNOTATION}: {LINK_POLICY_REQUIRED!r} needs "
-                f"{MIN_LINK_ANNOTATION} (allowed: nvlink, NV1..NV18, pix, pxb, phb, node, sys)"
+                f"{policy_at}: {LINK_POLICY_REQUIRED!r} needs {MIN_LINK_ANNOTATION} "
+                f"(allowed: {MIN_LINK_VALUES_TEXT})"
             )
     return min_link, required
 
 
-def _container_count(c: Mapping[str, Any], names: tuple[str, ...], container: str) -> int:
-    resources = _mapping(c.get("resources"), f"container {container}: resources")
-    limits = _mapping(resources.get("limits"), f"container {container}: resources.limits")
-    requests = _mapping(resources.get("requests"), f"container {container}: resources.requests")
+def _container_count(c: Mapping[str, Any], names: tuple[str, ...], where: str) -> int:
+    resources = _mapping(c.get("resources"), f"{where}.resources")
+    limits = _mapping(resources.get("limits"), f"{where}.resources.limits")
+    requests = _mapping(resources.get("requests"), f"{where}.resources.requests")
     total = 0
     for name in names:
         lim = limits.get(name)
         req = requests.get(name)
-        lim_n = None if lim is None else _quantity(lim, container, "limits", name)
-        req_n = None if req is None else _quantity(req, container, "requests", name)
+        lim_n = None if lim is None else _quantity(lim, f"{where}.resources.limits[{name}]")
+        req_n = None if req is None else _quantity(req, f"{where}.resources.requests[{name}]")
         if lim_n is not None and req_n is not None and lim_n != req_n:
             raise RequestError(
-                f"container {container}: {name} requests ({req_n}) and limits ({lim_n}) "
+                f"{where}.resources: {name} requests ({req_n}) and limits ({lim_n}) "
                 "differ; extended resources must be equal in both"
             )
         total += lim_n if lim_n is not None else (req_n or 0)
     return total
 
 
-def _quantity(value: object, container: str, where: str, name: str) -> int:
-    if isinstance(value, bool):
-        value = None
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, str) and _INTEGER.match(value.strip()):
-        n = int(value.strip())
+def _quantity(value: object, where: str) -> int:
+    """A whole number of GPUs: a JSON integer, or a string in canonical form."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value if -_MAX_COUNT <= value <= _MAX_COUNT else _MAX_COUNT + 1
+    elif isinstance(value, str) and _CANONICAL.fullmatch(value):
+        n = int(value)
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        n = _MAX_COUNT + 1  # a long run of digits: out of range, never converted
     else:
         raise RequestError(
-            f"container {container}: resources.{where}[{name}] = {value!r}: "
-            "expected a whole number of GPUs"
+            f"{where}: {show(value)} is not a whole number of GPUs in canonical form "
+            "(e.g. \"4\")"
         )
     if not 0 <= n <= _MAX_COUNT:
-        raise RequestError(
-            f"container {container}: resources.{where}[{name}] = {n}: "
-            f"expected 0..{_MAX_COUNT}"
-        )
+        raise RequestError(f"{where}: {show(value)} is out of range; expected 0..{_MAX_COUNT}")
     return n
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
 def _mapping(value: object, where: str) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise RequestError(f"{where}: expected an object, got {type(value).__name__}")
+        raise RequestError(f"{where}: expected an object, got {_kind(value)}")
     return value
 
 
@@ -256,5 +302,5 @@ def _list(value: object, where: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise RequestError(f"{where}: expected a list, got {type(value).__name__}")
+        raise RequestError(f"{where}: expected a list, got {_kind(value)}")
     return value

@@ -1,11 +1,13 @@
-"""The extender protocol on the wire: upstream's exact keys, decoding, and error mapping.
+"""The extender protocol on the wire: upstream's exact keys, and decoding the messages.
 
 TypedDicts mirror ``k8s.io/kube-scheduler/extender/v1`` (no JSON tags upstream, so the
 keys are the Go field names). Request bodies are decoded once into frozen dataclasses;
-anything wrong with the body itself raises :class:`BadRequest`, which
-:func:`bad_request` turns into HTTP 400 with a JSON body naming the problem: the one place
-that maps errors to HTTP. A problem with the pod (a bad annotation) is not a bad body:
-it goes in the verb's own ``Error`` field.
+anything wrong with the body itself raises :class:`BadRequest` (with the HTTP status it
+is answered with, 400 unless said otherwise), which the app's ``_serve`` turns into an
+answer: the one place that maps errors to HTTP. A problem with the pod (a bad
+annotation, an invalid name) is not a bad body: it goes in the verb's own ``Error``
+field. The pod inside a message stays a raw mapping only until its verb decodes it
+(``extender.pods.decode_pod``), at once.
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
-from typing import Any, Final, TypedDict
+from typing import Any, TypedDict
 
-from aiohttp import web
+from extender.validation import (
+    dns_label_problem,
+    dns_subdomain_problem,
+    show,
+    uid_problem,
+)
 
 __all__ = [
     "BadRequest",
     "BindArgs",
+    "BodyTimeout",
+    "ClientGone",
     "ExtenderArgs",
     "ExtenderBindingArgs",
     "ExtenderBindingResult",
@@ -32,14 +40,12 @@ __all__ = [
     "MetaPod",
     "MetaVictims",
     "PreemptArgs",
-    "bad_request",
+    "TooBusy",
     "decode_binding_args",
     "decode_extender_args",
     "decode_json",
     "decode_preemption_args",
-    "escape_names",
-    "json_response",
-    "plain_names",
+    "json_error",
 ]
 
 
@@ -100,7 +106,25 @@ class ExtenderPreemptionResult(TypedDict):
 
 # -- decoded values ----------------------------------------------------------------------
 class BadRequest(ValueError):
-    """The request body is not a valid message; answered with HTTP 400."""
+    """The request body is not a valid message; answered with ``status`` (HTTP 400)."""
+
+    status: int = 400
+
+
+class BodyTimeout(BadRequest):
+    """The client did not send its body within the body timeout (HTTP 408)."""
+
+    status = 408
+
+
+class TooBusy(BadRequest):
+    """Too many large bodies are being read at once; the client should retry (HTTP 503)."""
+
+    status = 503
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request was read: nobody to answer."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,19 +155,28 @@ class PreemptArgs:
     victims: dict[str, tuple[tuple[str, ...], int]]
 
 
-def decode_json(body: bytes) -> Any:
+def decode_json(body: bytes | bytearray) -> Any:
+    """``json.loads`` of a request body, with every way it can fail as a :class:`BadRequest`."""
     if not body:
         raise BadRequest("empty request body; expected a JSON object")
     try:
         return json.loads(body)
-    except UnicodeDecodeError as e:
-        raise BadRequest(f"request body is not UTF-8: {e.reason} at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise BadRequest(
-            f"request body is not JSON: {e.msg} at line {e.lineno} column {e.colno}"
-        ) from None
-    except RecursionError:
-        raise BadRequest("request body is nested too deeply") from None
+    except Exception as e:
+        raise json_error(e) from None
+
+
+def json_error(e: Exception) -> BadRequest:
+    """What went wrong decoding a body, as the :class:`BadRequest` to answer."""
+    if isinstance(e, UnicodeDecodeError):
+        return BadRequest(f"request body is not UTF-8: {e.reason} at byte {e.start}")
+    if isinstance(e, json.JSONDecodeError):
+        return BadRequest(f"request body is not JSON: {e.msg} at line {e.lineno} "
+                          f"column {e.colno}")
+    if isinstance(e, RecursionError):
+        return BadRequest("request body is nested too deeply")
+    if isinstance(e, ValueError):  # e.g. an integer of more than 4300 digits
+        return BadRequest(f"request body holds a value that cannot be read: {str(e)[:120]}")
+    return BadRequest(f"request body cannot be decoded: {type(e).__name__}")
 
 
 def _object(data: Any, what: str) -> Mapping[str, Any]:
@@ -198,15 +231,22 @@ def decode_extender_args(data: Any) -> FilterArgs:
     return FilterArgs(pod=pod, names=from_items, by_name=False, node_list=node_list)
 
 
+_BIND_RULES = (("PodName", dns_subdomain_problem), ("PodNamespace", dns_label_problem),
+               ("PodUID", uid_problem), ("Node", dns_subdomain_problem))
+
+
 def decode_binding_args(data: Any) -> BindArgs:
     data = _object(data, "ExtenderBindingArgs")
     values = {}
-    for key in ("PodName", "PodNamespace", "PodUID", "Node"):
+    for key, problem_of in _BIND_RULES:
         value = data.get(key)
         if not isinstance(value, str) or not value:
             raise BadRequest(
                 f"ExtenderBindingArgs.{key}: expected a non-empty string, got {_kind(value)}"
             )
+        problem = problem_of(value)
+        if problem is not None:
+            raise BadRequest(f"ExtenderBindingArgs.{key}: {problem}")
         values[key] = value
     return BindArgs(
         pod_name=values["PodName"], pod_namespace=values["PodNamespace"],
@@ -224,14 +264,14 @@ def decode_preemption_args(data: Any) -> PreemptArgs:
             continue
         raw = _object(raw, f"ExtenderPreemptionArgs.{key}")
         for node, v in raw.items():
-            where = f"ExtenderPreemptionArgs.{key}[{node}]"
+            where = f"ExtenderPreemptionArgs.{key}[{show(node)[1:-1]}]"
             v = _object(v, where)
             pods = v.get("Pods") or []
             if not isinstance(pods, list):
                 raise BadRequest(f"{where}.Pods: expected a list, got {_kind(pods)}")
             pdb = v.get("NumPDBViolations") or 0
-            if not isinstance(pdb, int) or isinstance(pdb, bool):
-                raise BadRequest(f"{where}.NumPDBViolations: expected an integer")
+            if not isinstance(pdb, int) or isinstance(pdb, bool) or not 0 <= pdb < 1 << 31:
+                raise BadRequest(f"{where}.NumPDBViolations: expected an integer 0..2^31-1")
             uids = tuple(uid_of(p, f"{where}.Pods[{i}]") for i, p in enumerate(pods))
             victims.setdefault(node, (uids, pdb))
     return PreemptArgs(pod=pod, victims=victims)
@@ -257,32 +297,3 @@ def _kind(value: Any) -> str:
         return "null"
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
-# -- answers -----------------------------------------------------------------------------
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(),
-        status=status, content_type="application/json",
-    )
-
-
-#: The characters ``json.dumps`` writes as they are: printable ASCII but ``"`` and ``\\``.
-_PLAIN: Final = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
-
-
-def plain_names(names: list[str]) -> bool:
-    """Whether every name is its own JSON string content (node names, DNS subdomains,
-    are): checked at C speed over all names at once, by deleting the plain characters."""
-    text = "".join(names)
-    return text.isascii() and not text.encode().translate(None, _PLAIN)
-
-
-def escape_names(names: list[str]) -> list[str]:
-    """Each name as ``json.dumps`` writes it inside the quotes (ASCII, escaped)."""
-    return [encode_basestring_ascii(n)[1:-1] for n in names]
-
-
-def bad_request(error: BadRequest | str) -> web.Response:
-    """HTTP 400 with ``{"Error": message}``: the one mapping of bad bodies to HTTP."""
-    return json_response({"Error": str(error)}, status=400)

@@ -23,6 +23,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -241,9 +242,12 @@ def main() -> int:
     print(to_matrix_text(preset("dgx1-v100")).rstrip())
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # The demo's binds are kept in a state file of its own: every run starts afresh.
+    state_dir = tempfile.TemporaryDirectory(prefix="gputopo-demo-")
     proc = subprocess.Popen(
         [sys.executable, "-m", "extender.main", "--host", "127.0.0.1", "--port", str(port),
-         "--cluster-file", str(CLUSTER_FILE)],
+         "--cluster-file", str(CLUSTER_FILE),
+         "--state-file", str(Path(state_dir.name) / "state.json")],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -259,6 +263,7 @@ def main() -> int:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        state_dir.cleanup()
     if proc.returncode not in (0, -15, None) and proc.stderr is not None:
         print(proc.stderr.read(), file=sys.stderr)
     simulate(args.seed)

@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from extender.bind import choose
+from extender.bind import BindRefused, choose
+from extender.decisions import Decisions
 from extender.filesource import ClusterFileError, load_cluster_file
 from extender.filter import decide
 from extender.plan import Plan, place
@@ -123,6 +124,8 @@ class ExtenderModel:
 
     def __init__(self, nodes: Sequence[tuple[str, Topology, Sequence[int]]]) -> None:
         self.state = ClusterState()
+        # The verdict caches the app keeps beside its state (extender.app does the same).
+        self.decisions = Decisions(self.state)
         self._ids: dict[str, GpuIds] = {}
         for name, topology, used in nodes:
             self.state.set_topology(name, topology)
@@ -137,19 +140,19 @@ class ExtenderModel:
 
     def filter(self, request: GpuRequest, names: list[str]) -> list[str]:
         """``/filter``: the candidates that pass (``NodeNames`` of the answer)."""
-        return decide(self.state, request, names).passed
+        return decide(self.state, request, names, decisions=self.decisions).passed
 
     def prioritize(self, request: GpuRequest, names: list[str]) -> list[int]:
         """``/prioritize``: the 0..10 score of every candidate, in order."""
-        return scores(self.state, request, names)
+        return scores(self.state, request, names, decisions=self.decisions)
 
     def bind(self, uid: str, node: str, request: GpuRequest) -> tuple[int, ...] | str:
         """``/bind``: choose the set on the state as it is now, reserve it, then (the
         writes having succeeded) commit it. The GPU indices, or why the bind failed."""
         pod = PodRef(namespace=_NAMESPACE, name=uid, uid=uid)
         chosen = choose(self.state, node, request, pod)
-        if isinstance(chosen, str):
-            return chosen
+        if isinstance(chosen, BindRefused):
+            return chosen.reason
         self.state.reserve(chosen)
         self.state.commit(uid, "bind")
         return indices_of(self._ids[node].mask_of_ids(chosen.ids))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from topology.links import Link, LinkKind
 from topology.model import Gpu, Nic, Topology
 
-__all__ = ["links", "pcie_links", "topologies"]
+__all__ = ["MIN_LINKS", "Request", "links", "pcie_links", "requests", "topologies"]
 
 _MODELS = (
     "Tesla V100-SXM2-16GB",
@@ -86,3 +86,23 @@ def topologies(draw: st.DrawFn, min_gpus: int = 1, max_gpus: int = 10) -> Topolo
         nics=tuple(nics),
         name=name,
     )
+
+
+#: The min-link values a request draws (None: no constraint), as users write them.
+MIN_LINKS = [None, "sys", "node", "phb", "pxb", "pix", "nvlink", "NV2", "NV4", "NV12"]
+
+#: (topology, size, free GPU indices, must-include indices, min-link text or None)
+Request = tuple[Topology, int, set[int], set[int], str | None]
+
+
+@st.composite
+def requests(draw: st.DrawFn, max_gpus: int = 10, must_include: bool = True) -> Request:
+    """One allocation request on a random topology: the one strategy of both brute-force
+    property tests (the allocator's, and the extender filter's, which leaves
+    ``must_include`` off: pods cannot ask for particular GPUs)."""
+    t = draw(topologies(min_gpus=1, max_gpus=max_gpus))
+    free = set(draw(st.sets(st.integers(0, t.size - 1))))
+    size = draw(st.integers(0, t.size + 1))
+    must = set(draw(st.sets(st.integers(0, t.size - 1), max_size=3))) if must_include else set()
+    min_link = draw(st.sampled_from(MIN_LINKS))
+    return t, size, free, must, min_link

@@ -6,29 +6,14 @@ from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from tests.allocator.reference import best_key, ring_rank, total_bandwidth
-from tests.strategies import topologies
+from tests.strategies import requests
 from topology.allocate import Allocation, Infeasible, allocator_for, best_set, mask_of
 from topology.besteffort import best_effort
 from topology.links import Link, parse_min_link
 from topology.model import Topology
 from topology.presets import preset
-
-MIN_LINKS = [None, "sys", "node", "phb", "pxb", "pix", "nvlink", "NV2", "NV4", "NV12"]
-
-
-@st.composite
-def requests(
-    draw: st.DrawFn, max_gpus: int = 10
-) -> tuple[Topology, int, set[int], set[int], str | None]:
-    t = draw(topologies(min_gpus=1, max_gpus=max_gpus))
-    free = set(draw(st.sets(st.integers(0, t.size - 1))))
-    size = draw(st.integers(0, t.size + 1))
-    must = set(draw(st.sets(st.integers(0, t.size - 1), max_size=3)))
-    min_link = draw(st.sampled_from(MIN_LINKS))
-    return t, size, free, must, min_link
 
 
 class TestAgainstBruteForce:

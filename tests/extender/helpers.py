@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import os
 import re
-from collections.abc import AsyncIterator, Mapping
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,9 +23,12 @@ from extender.app import build_app
 from extender.cluster import Cluster
 from extender.config import ExtenderConfig
 from extender.filesource import parse_cluster
-from extender.memory import MemoryCluster
+from extender.guard import start_server
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+from .faults import FaultyCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
 RECORDED = SHARED / "fixtures" / "kube-scheduler"
 
 
@@ -52,32 +62,114 @@ def gpu_pod(
 
 def memory_cluster(
     nodes: list[dict[str, Any]], pods: list[dict[str, Any]] | None = None
-) -> MemoryCluster:
+) -> FaultyCluster:
+    """An in-memory cluster (with the test hooks of :class:`FaultyCluster`)."""
     f = parse_cluster({"nodes": nodes})
-    return MemoryCluster(topologies=f.topologies, fixed=f.holdings, pods=pods or [])
-
-
-async def started(cluster: MemoryCluster) -> MemoryCluster:
-    await cluster.start()
-    return cluster
+    return FaultyCluster(topologies=f.topologies, fixed=f.holdings, pods=pods or [])
 
 
 @contextlib.asynccontextmanager
 async def serving(
-    cluster: Cluster, cfg: ExtenderConfig | None = None, ssl_context: Any = None
+    cluster: Cluster, cfg: ExtenderConfig | None = None, ssl_context: Any = None,
+    **app_args: Any,
 ) -> AsyncIterator[str]:
-    """The real app on 127.0.0.1:<free port>; yields its base URL."""
-    app = build_app(cfg or ExtenderConfig(host="127.0.0.1", port=0), cluster)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    """The real app on 127.0.0.1:<free port>, served as the command serves it (the
+    connection guard, bodies left to the intake); yields its base URL."""
+    cfg = cfg or ExtenderConfig(host="127.0.0.1", port=0)
+    app = build_app(cfg, cluster, **app_args)
+    s = await start_server(app, host="127.0.0.1", port=0, ssl_context=ssl_context,
+                           max_connections=cfg.max_connections,
+                           header_timeout_s=cfg.header_timeout_s,
+                           idle_timeout_s=cfg.idle_timeout_s)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-        port = runner.addresses[0][1]
         scheme = "https" if ssl_context is not None else "http"
-        yield f"{scheme}://127.0.0.1:{port}"
+        yield f"{scheme}://127.0.0.1:{s.port}"
     finally:
-        await runner.cleanup()
+        await s.runner.cleanup()
+
+
+async def until(
+    check: Callable[[], bool | Awaitable[bool]], *,
+    waits: Callable[[], tuple[Awaitable[None], ...]], timeout: float = 30.0,
+    why: Callable[[], object] | None = None,
+) -> None:
+    """Wait, on events, until ``check()`` holds. ``waits()`` is called *before* each
+    check and returns what to wait on when it fails (e.g. ``cluster.wait_applied(n)``
+    with ``n`` read at that moment), so no change between the check and the wait is
+    missed. ``timeout`` only keeps a broken test from hanging."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                pending = waits()
+                result = check()
+                if not isinstance(result, bool):
+                    result = await result
+                if result:
+                    for p in pending:
+                        if isinstance(p, asyncio.Future):
+                            p.cancel()
+                        elif asyncio.iscoroutine(p):
+                            p.close()
+                    return
+                tasks = [asyncio.ensure_future(p) for p in pending]
+                try:
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in tasks:
+                        t.cancel()
+    except TimeoutError:
+        raise AssertionError(f"condition not reached: {why() if why else ''}") from None
+
+
+class LogWatch(logging.Handler):
+    """Records of the ``extender`` loggers, with a wait for one that matches."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._waiters: list[tuple[Callable[[logging.LogRecord], bool], asyncio.Future[None]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        for match, fut in list(self._waiters):
+            if not fut.done() and match(record):
+                fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+    async def wait_for(self, match: Callable[[logging.LogRecord], bool],
+                       timeout: float = 30.0) -> logging.LogRecord:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((match, fut))
+        try:
+            for r in list(self.records):
+                if match(r):
+                    return r
+            async with asyncio.timeout(timeout):
+                await fut
+            return next(r for r in reversed(self.records) if match(r))
+        finally:
+            self._waiters.remove((match, fut))
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+@contextlib.contextmanager
+def watching_logs(name: str = "extender") -> Any:
+    watch = LogWatch()
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(old)
 
 
 @contextlib.asynccontextmanager
@@ -91,6 +183,44 @@ async def serving_app(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+def serve_command(
+    *args: str, preexec_fn: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[str], int, str]:
+    """``python -m extender.main`` on a free port; returns once its log says it serves
+    (with the log so far)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extender.main", "--host", "127.0.0.1", "--port", "0", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=preexec_fn,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # blocks until the next line: waits on the server's own word
+        seen.append(line)
+        m = re.search(r"msg=serving host=\S+ port=(\d+)", line)
+        if m:
+            rest: list[str] = []
+            # keep reading, so a full pipe never stalls the server
+            reader = threading.Thread(target=rest.extend, args=(proc.stdout,), daemon=True)
+            reader.start()
+            _OUTPUT[proc.pid] = (reader, rest)
+            return proc, int(m.group(1)), "".join(seen)
+    proc.wait(10)
+    raise AssertionError("the extender exited before serving:\n" + "".join(seen))
+
+
+_OUTPUT: dict[int, tuple[threading.Thread, list[str]]] = {}
+
+
+def stop_command(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    """Stop the command; its output after the serving line."""
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    reader, rest = _OUTPUT.pop(proc.pid)
+    reader.join(30)
+    return "".join(rest)
 
 
 THREE_NODES: list[dict[str, Any]] = [

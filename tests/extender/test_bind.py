@@ -9,16 +9,16 @@ import random
 from typing import Any
 
 from extender import filter as filter_verb
-from extender.bind import Binder
+from extender.bind import Binder, BindRefused, BindResult, Bound
 from extender.cluster import ClusterError
 from extender.config import ExtenderConfig
-from extender.memory import MemoryCluster
 from extender.metrics import Metrics
 from extender.request import GpuRequest
 from extender.wire import BindArgs
 from topology.handoff import decode_gpu_sets
 from topology.names import ASSIGNED_GPUS_ANNOTATION
 
+from .faults import FaultyCluster
 from .helpers import gpu_pod, memory_cluster
 
 NODES: list[dict[str, Any]] = [
@@ -28,7 +28,7 @@ NODES: list[dict[str, Any]] = [
 ]
 
 
-async def setup(pods: list[dict], *, timeout_s: float = 5.0) -> tuple[MemoryCluster, Binder]:
+async def setup(pods: list[dict], *, timeout_s: float = 5.0) -> tuple[FaultyCluster, Binder]:
     cluster = memory_cluster(NODES, pods)
     await cluster.start()
     cfg = ExtenderConfig(bind_timeout_s=timeout_s)
@@ -41,33 +41,44 @@ def args(pod: dict, node: str) -> BindArgs:
                     node=node)
 
 
-def assigned(cluster: MemoryCluster, uid: str) -> dict[str, tuple[str, ...]]:
-    value = cluster.pods[uid]["metadata"]["annotations"][ASSIGNED_GPUS_ANNOTATION]
-    return decode_gpu_sets(ASSIGNED_GPUS_ANNOTATION, value)
+def assigned(cluster: FaultyCluster, uid: str) -> dict[str, tuple[str, ...]]:
+    """The assigned-gpus value the bind wrote for the pod."""
+    values = [w[3] for w in cluster.writes if w[3] is not None
+              and cluster.state.holdings.get(uid) is not None
+              and w[1] == str(cluster.state.holdings[uid].pod)]
+    assert values, f"no set written for {uid}"
+    return decode_gpu_sets(ASSIGNED_GPUS_ANNOTATION, values[-1])
+
+
+def refused(result: BindResult) -> str:
+    assert isinstance(result, BindRefused), result
+    return result.reason
 
 
 async def test_bind_writes_the_set_then_binds_and_holds_it() -> None:
     p = gpu_pod("train", gpus=4)
     cluster, binder = await setup([p])
-    assert await binder.bind(args(p, "a")) == ""
+    result = await binder.bind(args(p, "a"))
+    assert isinstance(result, Bound) and result.node == "a" and not result.retry
     sets = assigned(cluster, p["metadata"]["uid"])
     assert list(sets) == ["main"] and len(sets["main"]) == 4
-    assert [w[0] for w in cluster.writes] == ["assign", "bind"]
-    assert cluster.pods[p["metadata"]["uid"]]["spec"]["nodeName"] == "a"
+    assert [w[:3] for w in cluster.writes] == [("bind", "default/train", "a")]
     held = cluster.state.holdings[p["metadata"]["uid"]]
+    assert held == result.holding
     assert held.node == "a" and held.ids == frozenset(sets["main"])
-    assert bin(cluster.state.nodes["a"].free_mask).count("1") == 4
+    assert cluster.state.nodes["a"].free_mask.bit_count() == 4
     assert not cluster.state.reservations
 
 
 async def test_retry_of_a_pod_already_bound_there_succeeds_without_writing() -> None:
     p = gpu_pod("train", gpus=2)
     cluster, binder = await setup([p])
-    assert await binder.bind(args(p, "a")) == ""
+    assert isinstance(await binder.bind(args(p, "a")), Bound)
     writes = len(cluster.writes)
-    assert await binder.bind(args(p, "a")) == ""
+    again = await binder.bind(args(p, "a"))
+    assert isinstance(again, Bound) and again.retry
     assert len(cluster.writes) == writes
-    assert "already holds GPUs on a" in await binder.bind(args(p, "b"))
+    assert "already holds GPUs on a" in refused(await binder.bind(args(p, "b")))
 
 
 async def test_retry_after_a_restart_reads_the_binding_from_the_pod() -> None:
@@ -76,31 +87,31 @@ async def test_retry_after_a_restart_reads_the_binding_from_the_pod() -> None:
     p = gpu_pod("train", gpus=2, node="a",
                 annotations={ASSIGNED_GPUS_ANNOTATION: json.dumps({"main": ids})})
     cluster, binder = await setup([p])
-    assert await binder.bind(args(p, "a")) == ""
+    assert isinstance(await binder.bind(args(p, "a")), Bound)
     assert cluster.writes == []
     assert cluster.state.holdings[p["metadata"]["uid"]].ids == frozenset(ids)
-    assert "already holds GPUs on a" in await binder.bind(args(p, "b"))
+    assert "already holds GPUs on a" in refused(await binder.bind(args(p, "b")))
     # bound elsewhere without any annotation: refused with the node it is on
     q = gpu_pod("other", gpus=1, node="b")
     cluster.put_pod(q)
-    assert "already bound to b" in await binder.bind(args(q, "a"))
+    assert "already bound to b" in refused(await binder.bind(args(q, "a")))
 
 
-async def test_failed_patch_releases_the_reservation_and_a_retry_works() -> None:
+async def test_failed_write_releases_the_reservation_and_a_retry_works() -> None:
     p = gpu_pod("train", gpus=8)
     cluster, binder = await setup([p])
-    cluster.assign_faults.append(ClusterError("etcd is sad"))
-    error = await binder.bind(args(p, "a"))
+    cluster.faults.append(ClusterError("etcd is sad"))
+    error = refused(await binder.bind(args(p, "a")))
     assert "etcd is sad" in error and p["metadata"]["name"] in error
     assert cluster.state.nodes["a"].free_mask == 0xFF and not cluster.state.reservations
-    assert await binder.bind(args(p, "a")) == ""
+    assert isinstance(await binder.bind(args(p, "a")), Bound)
 
 
-async def test_failed_binding_releases_the_reservation() -> None:
+async def test_a_conflicting_write_is_counted() -> None:
     p = gpu_pod("train", gpus=8)
     cluster, binder = await setup([p])
-    cluster.bind_faults.append(ClusterError("conflict", conflict=True))
-    assert "conflict" in await binder.bind(args(p, "a"))
+    cluster.faults.append(ClusterError("conflict", conflict=True))
+    assert "conflict" in refused(await binder.bind(args(p, "a")))
     assert cluster.state.nodes["a"].free_mask == 0xFF
     assert binder.metrics.bind_conflicts._value.get() == 1
 
@@ -108,58 +119,68 @@ async def test_failed_binding_releases_the_reservation() -> None:
 async def test_timeout_releases_the_reservation() -> None:
     p = gpu_pod("train", gpus=8)
     cluster, binder = await setup([p], timeout_s=0.05)
-    cluster.write_delay_s = 0.5
-    assert "timed out" in await binder.bind(args(p, "a"))
-    assert cluster.state.nodes["a"].free_mask == 0xFF
+    cluster.hold_writes()  # the write never finishes
+    assert "timed out" in refused(await binder.bind(args(p, "a")))
+    assert cluster.state.nodes["a"].free_mask == 0xFF and not cluster.state.reservations
 
 
 async def test_pod_problems_are_answered_as_errors() -> None:
     bad = gpu_pod("bad", gpus=2, annotations={"gputopo.io/min-link": "warp"})
     good = gpu_pod("good", gpus=2)
     _, binder = await setup([bad, good])
-    assert "gputopo.io/min-link" in await binder.bind(args(bad, "a"))
-    assert "not found" in await binder.bind(args(gpu_pod("ghost"), "a"))
-    assert "no GPU topology" in await binder.bind(args(good, "zzz"))
+    assert "gputopo.io/min-link" in refused(await binder.bind(args(bad, "a")))
+    assert "not found" in refused(await binder.bind(args(gpu_pod("ghost"), "a")))
+    assert "no GPU topology" in refused(await binder.bind(args(good, "zzz")))
 
 
 async def test_pod_without_gpus_is_bound_without_an_annotation() -> None:
     p = gpu_pod("cpu", gpus=0)
     cluster, binder = await setup([p])
-    assert await binder.bind(args(p, "b")) == ""
-    assert [w[0] for w in cluster.writes] == ["bind"]
+    result = await binder.bind(args(p, "b"))
+    assert isinstance(result, Bound) and result.holding is None
+    assert cluster.writes == [("bind", "default/cpu", "b", None)]
 
 
 async def test_bind_in_flight_is_seen_by_filter() -> None:
     first, second = gpu_pod("first", gpus=8), gpu_pod("second", gpus=1)
     cluster, binder = await setup([first, second])
-    cluster.write_delay_s = 0.2
+    cluster.hold_writes()
     task = asyncio.create_task(binder.bind(args(first, "a")))
-    await asyncio.sleep(0.05)  # the set is chosen and reserved; the writes are under way
+    await cluster.settled([task])  # the set is chosen and reserved; the write waits
     assert cluster.state.reservations
     out = filter_verb.decide(cluster.state, GpuRequest.from_pod(second), ["a"])
     assert out.passed == [] and "no free GPUs" in out.failed["a"]
-    assert await task == ""
+    cluster.release_writes()
+    assert isinstance(await task, Bound)
     assert not cluster.state.reservations and cluster.state.nodes["a"].free_mask == 0
 
 
 async def test_duplicate_concurrent_binds_of_one_pod_write_once() -> None:
     p = gpu_pod("train", gpus=4)
     cluster, binder = await setup([p])
-    cluster.write_delay_s = 0.05
-    results = await asyncio.gather(*(binder.bind(args(p, "a")) for _ in range(5)))
-    assert results == [""] * 5
-    assert [w[0] for w in cluster.writes] == ["assign", "bind"]
+    cluster.hold_writes()
+    tasks = [asyncio.create_task(binder.bind(args(p, "a"))) for _ in range(5)]
+    await cluster.settled(tasks[:1])
+    cluster.release_writes()
+    results = await asyncio.gather(*tasks)
+    assert all(isinstance(r, Bound) for r in results)
+    assert [w[0] for w in cluster.writes] == ["bind"]
 
 
 async def test_concurrent_binds_to_one_node_never_share_a_gpu() -> None:
-    # 12 one-GPU pods race for 8 GPUs; every write is slow so binds overlap.
+    # 12 one-GPU pods race for 8 GPUs; every write waits until all binds have chosen.
     pods = [gpu_pod(f"p{i}", gpus=1) for i in range(12)]
     cluster, binder = await setup(pods)
-    cluster.write_delay_s = 0.01
-    results = await asyncio.gather(*(binder.bind(args(p, "a")) for p in pods))
-    ok = [p for p, r in zip(pods, results, strict=True) if r == ""]
+    cluster.hold_writes()
+    tasks = [asyncio.create_task(binder.bind(args(p, "a"))) for p in pods]
+    await cluster.settled(tasks)
+    assert cluster.waiting == 8 and len(cluster.state.reservations) == 8
+    cluster.release_writes()
+    results = await asyncio.gather(*tasks)
+    ok = [p for p, r in zip(pods, results, strict=True) if isinstance(r, Bound)]
     assert len(ok) == 8
-    assert all("can no longer take the pod" in r for r in results if r)
+    assert all("can no longer take the pod" in r.reason for r in results
+               if isinstance(r, BindRefused))
     gpus = [g for p in ok for g in assigned(cluster, p["metadata"]["uid"])["main"]]
     assert len(gpus) == len(set(gpus)) == 8
     assert cluster.state.nodes["a"].free_mask == 0
@@ -171,13 +192,16 @@ async def test_many_concurrent_binds_across_nodes_never_share_a_gpu() -> None:
                     annotations=rng.choice([{}, {"gputopo.io/min-link": "nvlink"}]))
             for i in range(60)]
     cluster, binder = await setup(pods)
-    cluster.write_delay_s = 0.002
+    cluster.hold_writes()
     targets = [rng.choice("abc") for _ in pods]
-    results = await asyncio.gather(*(binder.bind(args(p, n)) for p, n in zip(pods, targets,
-                                                                           strict=True)))
+    tasks = [asyncio.create_task(binder.bind(args(p, n)))
+             for p, n in zip(pods, targets, strict=True)]
+    await cluster.settled(tasks)  # every bind has chosen and reserved (or was refused)
+    cluster.release_writes()
+    results = await asyncio.gather(*tasks)
     per_node: dict[str, list[str]] = {"a": [], "b": [], "c": []}
     for p, node, r in zip(pods, targets, results, strict=True):
-        if r == "":
+        if isinstance(r, Bound):
             per_node[node] += assigned(cluster, p["metadata"]["uid"])["main"]
     for node, gpus in per_node.items():
         assert len(gpus) == len(set(gpus)), node
@@ -186,7 +210,7 @@ async def test_many_concurrent_binds_across_nodes_never_share_a_gpu() -> None:
     # the state agrees with what was written
     for node, gpus in per_node.items():
         n = cluster.state.nodes[node]
-        assert bin(n.free_mask).count("1") == n.topology.size - len(gpus) - (node == "c")
+        assert n.free_mask.bit_count() == n.topology.size - len(gpus) - (node == "c")
     assert not cluster.state.reservations
     # and every GPU held is held once
     held = [(h.node, g) for h in cluster.state.holdings.values() for g in h.ids]
@@ -195,17 +219,18 @@ async def test_many_concurrent_binds_across_nodes_never_share_a_gpu() -> None:
 
 async def test_interleaved_filter_and_bind_keep_the_books_straight() -> None:
     # Scheduler-like loop: filter a pod, bind it to the first passing node, while earlier
-    # binds are still in flight; at the end the node masks match the annotations.
+    # binds are still in flight (their writes wait); at the end the masks match the sets.
     pods = [gpu_pod(f"p{i}", gpus=n) for i, n in zip(range(30), itertools.cycle([1, 2, 4]))]
     cluster, binder = await setup(pods)
-    cluster.write_delay_s = 0.003
+    cluster.hold_writes()
     tasks = []
     for p in pods:
         out = filter_verb.decide(cluster.state, GpuRequest.from_pod(p), ["a", "b", "c"])
         if out.passed:
             tasks.append(asyncio.create_task(binder.bind(args(p, out.passed[0]))))
-        await asyncio.sleep(0)
+            await cluster.settled(tasks)
+    cluster.release_writes()
     results = await asyncio.gather(*tasks)
-    assert all(r == "" for r in results)
+    assert all(isinstance(r, Bound) for r in results)
     ids = [(h.node, g) for h in cluster.state.holdings.values() for g in h.ids]
     assert len(ids) == len(set(ids))

@@ -8,11 +8,9 @@ them all at the end.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -20,14 +18,18 @@ from typing import Any
 import pytest
 
 from extender.cluster import Cluster, ClusterError
-from extender.kube import GPUTOPOLOGY_PATH, ApiError, KubeApi, KubeCluster, load_api
+from extender.kube import GPUTOPOLOGY_PATH, KubeCluster
+from extender.kubeapi import ApiError, KubeApi, load_api
 from extender.memory import MemoryCluster
+from extender.request import PodRef
+from extender.views import summary
 from topology.handoff import gputopology_object, stable_gpu_uuid
 from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
 from .fakekube import FakeKubeApi
 from .helpers import gpu_pod
+from .helpers import until as until_events
 
 KUBECONFIG = os.environ.get("GPUTOPO_TEST_KUBECONFIG")
 
@@ -169,10 +171,23 @@ def _real_driver() -> KubeDriver:
     try:
         api.request("GET", GPUTOPOLOGY_PATH)
     except ApiError:
-        api.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                    body=_CRD)
-        time.sleep(3)
+        api.request("POST", _CRDS, body=_CRD)
+        _wait_established(api)
     return KubeDriver(api, "kubernetes", namespace)
+
+
+_CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def _wait_established(api: KubeApi) -> None:
+    """Watch the CRD until the API server says it is Established (it serves the kind)."""
+    query = {"fieldSelector": "metadata.name=gputopologies.gputopo.io", "timeoutSeconds": "60"}
+    for event in api.watch(_CRDS, query=query):
+        conditions = ((event.get("object") or {}).get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Established" and c.get("status") == "True"
+               for c in conditions):
+            return
+    raise AssertionError("the GPUTopology CRD did not become Established")
 
 
 _CRD = {
@@ -209,12 +224,13 @@ async def driver(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         await d.cleanup()
 
 
-async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
+async def until(cluster: Cluster, check: Callable[[], bool]) -> None:
+    """Wait until ``check()`` holds: the in-memory source applies changes at once, the
+    API-backed one after its watch delivers them (waited for as events)."""
+    if isinstance(cluster, KubeCluster):
+        await until_events(check, waits=lambda: (cluster.wait_applied(cluster.applied),))
+    else:
+        assert check(), "the in-memory source applies every change at once"
 
 
 def free(cluster: Cluster, driver: Any, node: str) -> list[int]:
@@ -251,7 +267,7 @@ def seed(driver: Any) -> dict[str, dict[str, Any]]:
 async def test_sync_reads_what_pods_hold(driver: Any) -> None:
     seed(driver)
     cluster = await driver.new_cluster()
-    await until(lambda: cluster.readiness()[0])
+    await until(cluster, lambda: cluster.readiness()[0])
     assert free(cluster, driver, "n1") == [2, 4, 5, 6, 7]
     assert free(cluster, driver, "n2") == [0, 1, 2, 3]
 
@@ -259,30 +275,30 @@ async def test_sync_reads_what_pods_hold(driver: Any) -> None:
 async def test_changes_are_followed(driver: Any) -> None:
     pods = seed(driver)
     cluster = await driver.new_cluster()
-    await until(lambda: cluster.readiness()[0])
+    await until(cluster, lambda: cluster.readiness()[0])
     e = gpu_pod("e", gpus=2, node="n1", uid="uid-e",
                 annotations={ASSIGNED_GPUS_ANNOTATION: ids(6, 7)})
     driver.add_pod(e)
-    await until(lambda: free(cluster, driver, "n1") == [2, 4, 5])
+    await until(cluster, lambda: free(cluster, driver, "n1") == [2, 4, 5])
     driver.set_phase(pods["a"], "Succeeded")
-    await until(lambda: free(cluster, driver, "n1") == [0, 1, 2, 4, 5])
+    await until(cluster, lambda: free(cluster, driver, "n1") == [0, 1, 2, 4, 5])
     driver.delete_pod(e)
-    await until(lambda: free(cluster, driver, "n1") == [0, 1, 2, 4, 5, 6, 7])
+    await until(cluster, lambda: free(cluster, driver, "n1") == [0, 1, 2, 4, 5, 6, 7])
     driver.delete_topology("n2")
-    await until(lambda: not has(cluster, driver, "n2"))
+    await until(cluster, lambda: not has(cluster, driver, "n2"))
     driver.add_topology("n3", "gb200-4gpu")
-    await until(lambda: free(cluster, driver, "n3") == [0, 1, 2, 3])
+    await until(cluster, lambda: free(cluster, driver, "n3") == [0, 1, 2, 3])
 
 
 async def test_a_restart_rebuilds_everything(driver: Any) -> None:
     pods = seed(driver)
     first = await driver.new_cluster()
-    await until(lambda: first.readiness()[0])
+    await until(first, lambda: first.readiness()[0])
     driver.delete_pod(pods["d"])
-    await until(lambda: free(first, driver, "n2") == list(range(8)))
+    await until(first, lambda: free(first, driver, "n2") == list(range(8)))
     second = await driver.new_cluster()
-    await until(lambda: second.readiness()[0])
-    assert second.state.summary() == first.state.summary()
+    await until(second, lambda: second.readiness()[0])
+    assert summary(second.state) == summary(first.state)
     assert {u: h.ids for u, h in second.state.holdings.items()} == {
         u: h.ids for u, h in first.state.holdings.items()}
 
@@ -292,18 +308,18 @@ async def test_assign_and_bind_write_the_pod(driver: Any) -> None:
     pod = gpu_pod("w", gpus=2, uid="uid-w")
     driver.add_pod(pod)
     cluster = await driver.new_cluster()
-    await until(lambda: cluster.readiness()[0])
+    await until(cluster, lambda: cluster.readiness()[0])
     ns, uid = driver.namespace, pod["metadata"]["uid"]
     node = driver.node("n1") if isinstance(driver, KubeDriver) else "n1"
-    await cluster.assign(ns, "w", uid, ids(4, 5))
-    await cluster.bind(ns, "w", uid, node)
-    got = await cluster.get_pod(ns, "w", uid)
+    ref = PodRef(namespace=ns, name="w", uid=uid)
+    await cluster.bind(ref, node, ids(4, 5))
+    got = await cluster.get_pod(ref)
     assert got is not None
-    assert got["spec"]["nodeName"] == node
-    assert got["metadata"]["annotations"][ASSIGNED_GPUS_ANNOTATION] == ids(4, 5)
-    await until(lambda: free(cluster, driver, "n1") == [0, 1, 2, 3, 6, 7])
+    assert got.node == node and got.ref == ref
+    assert got.recorded == (("main", tuple(json.loads(ids(4, 5))["main"])),)
+    await until(cluster, lambda: free(cluster, driver, "n1") == [0, 1, 2, 3, 6, 7])
     # binding again to the same node is fine (a retry); elsewhere is refused
-    await cluster.bind(ns, "w", uid, node)
+    await cluster.bind(ref, node, None)
     with pytest.raises(ClusterError):
-        await cluster.bind(ns, "w", uid, f"{node}-other")
-    assert await cluster.get_pod(ns, "nope", "uid-nope") is None
+        await cluster.bind(ref, f"{node}-other", None)
+    assert await cluster.get_pod(PodRef(namespace=ns, name="nope", uid="uid-nope")) is None

@@ -1,9 +1,10 @@
-"""The fast encodings of filter and prioritize answers against plain ``json.dumps``.
+"""The fast encoders (``extender.encoding``) against their plain oracles (``json.dumps``).
 
 Filter's ``NodeNames`` answer and prioritize's HostPriorityList are joined from fragments
 encoded once (reasons per verdict, score tails); they must be the very bytes
 ``json.dumps`` writes for the same outcome, whatever the node names and reasons hold
-(quotes, backslashes, control and non-ASCII characters), for unknown and repeated names.
+(quotes, backslashes, control and non-ASCII characters, lone surrogates), for unknown
+and repeated names. ``dumps_chunked`` (large answers, in pieces) likewise.
 """
 
 from __future__ import annotations
@@ -12,16 +13,27 @@ import json
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender import filter as filter_verb
 from extender import prioritize
+from extender.decisions import Decisions
+from extender.encoding import (
+    dumps_chunked,
+    escape_names,
+    host_priorities,
+    json_bytes,
+    plain_names,
+    scores_body,
+)
 from extender.filesource import parse_cluster
+from extender.intake import discard, loads_chunked
 from extender.plan import Rejection
 from extender.request import GpuRequest
 from extender.state import ClusterState
-from extender.wire import FilterArgs, escape_names, plain_names
+from extender.wire import FilterArgs
 
 from .helpers import gpu_pod
 
@@ -39,13 +51,15 @@ PODS = [
 ]
 
 texts = st.text(st.characters(codec="utf-8"), max_size=12)
+#: Any text, lone surrogates too (JSON can carry them: "\ud800").
+any_texts = st.text(max_size=12)
 
 
 def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def random_cluster(rng: random.Random, n: int, odd: bool) -> tuple[ClusterState, list[str]]:
+def random_cluster(rng: random.Random, n: int, odd: bool) -> tuple[Decisions, list[str]]:
     names = [f"gpu-node-{i}" for i in range(n)]
     if odd:
         names += [f"{w}{i}" for i, w in enumerate(ODD)]
@@ -58,7 +72,7 @@ def random_cluster(rng: random.Random, n: int, odd: bool) -> tuple[ClusterState,
     s = ClusterState()
     f = parse_cluster({"nodes": nodes})
     s.replace(f.topologies, f.holdings)
-    return s, names
+    return Decisions(s), names
 
 
 def candidates(rng: random.Random, names: list[str], *, unknown: bool,
@@ -72,9 +86,10 @@ def candidates(rng: random.Random, names: list[str], *, unknown: bool,
     return out
 
 
-def reference_filter(s: ClusterState, r: GpuRequest, names: list[str]) -> bytes:
+def reference_filter(d: Decisions, r: GpuRequest, names: list[str]) -> bytes:
+    """The plain oracle: the outcome as a dict, through ``json.dumps``."""
     args = FilterArgs(pod={}, names=names, by_name=True)
-    return dumps(filter_verb.encode(args, filter_verb.decide(s, r, names)))
+    return dumps(filter_verb.encode(args, filter_verb.decide(d.state, r, names, decisions=d)))
 
 
 def test_filter_fast_encoding_is_the_bytes_json_dumps_writes() -> None:
@@ -93,15 +108,15 @@ def test_filter_fast_encoding_is_the_bytes_json_dumps_writes() -> None:
                     continue
                 assert fast.body == ref
                 data = json.loads(fast.body)
-                assert len(data["NodeNames"]) == fast.counts[0]
-                assert len(data["FailedNodes"]) == fast.counts[1] + fast.counts[2]
-                assert len(data["FailedAndUnresolvableNodes"]) == fast.counts[3]
+                assert len(data["NodeNames"]) == fast.counts.passed
+                assert len(data["FailedNodes"]) == fast.counts.failed + fast.counts.unknown
+                assert len(data["FailedAndUnresolvableNodes"]) == fast.counts.unresolvable
                 checked += 1
     assert checked > 300
 
 
 @settings(max_examples=200, deadline=None, database=None)
-@given(st.lists(st.tuples(texts, texts, st.booleans(), st.booleans()), max_size=20))
+@given(st.lists(st.tuples(any_texts, any_texts, st.booleans(), st.booleans()), max_size=20))
 def test_filter_fast_encoding_escapes_any_names_and_reasons(
     rows: list[tuple[str, str, bool, bool]],
 ) -> None:
@@ -110,8 +125,9 @@ def test_filter_fast_encoding_escapes_any_names_and_reasons(
     f = parse_cluster({"nodes": [{"name": f"n{i}:{name}", "topology": "hgx-h100"}
                                  for i, (name, _, _, _) in enumerate(rows)]})
     s.replace(f.topologies, f.holdings)
+    d = Decisions(s)
     r = GpuRequest.from_pod(gpu_pod(gpus=2))
-    cache = s.verdicts(r)
+    cache = d.verdicts(r)
     for k, (_, reason, unresolvable, _) in enumerate(rows):
         cache[k + 1_000] = Rejection(reason=reason, unresolvable=unresolvable)
     for i, (name, _, _, rejected) in enumerate(rows):
@@ -120,9 +136,9 @@ def test_filter_fast_encoding_escapes_any_names_and_reasons(
             s.node_keys[node] = s.nodes[node].key = i + 1_000
     names = [*s.node_keys, *(name for name, *_ in rows)]  # and the bare names: unknown
     names = list(dict.fromkeys(names))
-    fast = filter_verb.encode_names(s, r, names)
+    fast = filter_verb.encode_names(d, r, names)
     assert fast is not None
-    assert fast.body == reference_filter(s, r, names)
+    assert fast.body == reference_filter(d, r, names)
 
 
 def test_filter_answer_falls_back_for_names_given_twice() -> None:
@@ -131,7 +147,7 @@ def test_filter_answer_falls_back_for_names_given_twice() -> None:
     cands = names + names[:5] + ["ghost", "ghost"]
     assert filter_verb.encode_names(s, r, cands) is None
     args = FilterArgs(pod={}, names=cands, by_name=True)
-    assert filter_verb._answer(s, r, args).body == reference_filter(s, r, cands)
+    assert filter_verb.answer(s, r, args).body == reference_filter(s, r, cands)
 
 
 def test_prioritize_fast_encoding_is_the_bytes_json_dumps_writes() -> None:
@@ -142,18 +158,65 @@ def test_prioritize_fast_encoding_is_the_bytes_json_dumps_writes() -> None:
             r = GpuRequest.from_pod(pod)
             for unknown in (False, True):
                 cands = candidates(rng, names, unknown=unknown, twice=trial % 5 == 0)
-                values = prioritize.scores(s, r, cands)
-                answer = prioritize._answer(s, r, cands)
-                assert answer.body == dumps(prioritize.host_priorities(cands, values))
+                values = prioritize.scores(s.state, r, cands, decisions=s)
+                answer = prioritize.answer(s, r, cands)
+                assert answer.body == dumps(host_priorities(cands, values))
                 top = max(range(len(values)), key=values.__getitem__, default=-1)
-                assert answer.counts == (top, values[top] if values else 0)
+                assert answer.counts == prioritize.Top(index=top,
+                                                       score=values[top] if values else 0)
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(st.lists(texts, max_size=8))
+@given(st.lists(any_texts, max_size=8))
 def test_plain_and_escaped_names_agree_with_json_dumps(names: list[str]) -> None:
     quoted = [json.dumps(n) for n in names]
     assert escape_names(names) == [q[1:-1] for q in quoted]
     assert plain_names(names) == all(q == f'"{n}"' for n, q in zip(names, quoted, strict=True))
     values = [len(n) % 11 for n in names]
-    assert prioritize.encode(names, values) == dumps(prioritize.host_priorities(names, values))
+    assert scores_body(names, values) == dumps(host_priorities(names, values))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_texts,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(any_texts, children, max_size=4),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(json_values, st.integers(0, 6))
+def test_chunked_dumps_is_the_bytes_json_dumps_writes(value: Any, depth: int) -> None:
+    assert dumps_chunked(value, depth=depth) == json_bytes(value) == dumps(value)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(json_values, st.integers(0, 6), st.sampled_from(["", " ", "\n\t "]))
+def test_chunked_loads_reads_what_json_loads_reads(value: Any, depth: int, ws: str) -> None:
+    text = json.dumps(value, indent=1 if ws else None).replace("\n", "\n" + ws)
+    assert loads_chunked(text.encode(), depth=depth) == json.loads(text)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(json_values, st.integers(0, 200), st.sampled_from(['"', ",", "]", "}", "[", ":", "x",
+                                                          "\x01", "\\", ""]))
+def test_chunked_loads_refuses_what_json_loads_refuses(value: Any, at: int, junk: str) -> None:
+    text = json.dumps([value, ["a", "b"], {"k": ["c"]}])
+    at = min(at, len(text))
+    broken = text[:at] + junk + text[at + 1:]
+    try:
+        expected = json.loads(broken)
+    except ValueError:
+        with pytest.raises(ValueError):
+            loads_chunked(broken.encode())
+    else:
+        assert loads_chunked(broken.encode()) == expected
+
+
+def test_discard_takes_apart_only_what_nobody_else_holds() -> None:
+    shared = ["name"] * 100  # e.g. a candidate list the answer memo keeps
+    inner = {"k": list(range(50))}
+    holder = [{"NodeNames": shared, "items": [{"x": list(range(20))} for _ in range(40)],
+               "kept": inner}]
+    discard(holder)
+    assert holder == [] and shared == ["name"] * 100 and inner == {"k": list(range(50))}

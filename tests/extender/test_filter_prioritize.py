@@ -1,4 +1,5 @@
-"""filter.decide and prioritize.scores: table tests over known machines."""
+"""filter.decide and prioritize.scores: table tests over known machines, and filter
+against a brute-force search on random machines (the allocator's strategy)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from extender import filter as filter_verb
 from extender import prioritize
+from extender.decisions import Decisions
 from extender.request import GpuRequest
 from extender.state import ClusterState
 from extender.wire import decode_extender_args
+from tests.allocator.reference import best_key
+from tests.strategies import Request, requests
+from topology.handoff import stable_gpu_uuid
+from topology.links import parse_min_link
 from topology.presets import preset
 
 from .helpers import gpu_pod
@@ -196,7 +203,37 @@ def test_normalize_rounds_half_up_and_clamps() -> None:
 
 def test_verdicts_are_shared_by_identical_node_states() -> None:
     s = cluster({f"n{i}": ("hgx-h100", [0]) for i in range(50)})
+    d = Decisions(s)
     r = GpuRequest.from_pod(gpu_pod(gpus=4))
-    filter_verb.decide(s, r, list(s.nodes))
-    assert len([k for k in s.verdicts(r) if k is not None]) == 1
+    filter_verb.decide(s, r, list(s.nodes), decisions=d)
+    assert len([k for k in d.verdicts(r) if k is not None]) == 1
     assert preset("hgx-h100").fingerprint == s.nodes["n0"].topology.fingerprint
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(max_gpus=8, must_include=False))
+def test_filter_passes_exactly_where_some_free_set_meets_the_constraint(req: Request) -> None:
+    """A node passes when some set of its free GPUs of the pod's size has a ring meeting
+    the required min-link (brute force); it is unresolvable when not even all its GPUs
+    would do."""
+    t, size, free, _, min_link_text = req
+    annotations = {} if min_link_text is None else {
+        "gputopo.io/min-link": min_link_text, "gputopo.io/link-policy": "required"}
+    s = ClusterState()
+    s.set_topology("n", t)
+    used = sorted(set(range(t.size)) - free)
+    if used:
+        from extender.request import PodRef
+        from extender.state import Holding
+        s.hold(Holding(pod=PodRef(namespace="ns", name="u", uid="u"), node="n",
+                       sets=(("main", tuple(t.gpus[i].uuid or stable_gpu_uuid(i)
+                                             for i in used)),), source="assigned"))
+    r = GpuRequest.from_pod(gpu_pod(gpus=size, annotations=annotations))
+    out = filter_verb.decide(s, r, ["n"])
+    rank = None if min_link_text is None else parse_min_link(min_link_text).rank
+    fits = size == 0 or (size <= len(free) and best_key(t, size, free, set(), rank) is not None)
+    assert (out.passed == ["n"]) == fits, (out, size, sorted(free), min_link_text)
+    if not fits:
+        never = size > t.size or best_key(t, size, set(range(t.size)), set(), rank) is None
+        assert ("n" in out.unresolvable) == never
+        assert ("n" in out.failed) == (not never)

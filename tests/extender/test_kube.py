@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from extender.kube import ApiError, KubeCluster, WatchExpired, load_api
+from extender.kube import KubeCluster
+from extender.kubeapi import ApiError, WatchExpired, load_api
 from extender.leader import LeaseElector
 from topology.handoff import gputopology_object
 from topology.names import ASSIGNED_GPUS_ANNOTATION
@@ -20,14 +20,13 @@ from topology.presets import preset
 
 from .fakekube import FakeKubeApi
 from .helpers import gpu_pod, serving_app
+from .helpers import until as until_events
 from .test_cluster_contract import ids
 
 
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.02)
+async def until(cluster: KubeCluster, check: Callable[[], bool]) -> None:
+    """Wait until ``check()`` holds, looking again after each list or event applied."""
+    await until_events(check, waits=lambda: (cluster.wait_applied(cluster.applied),))
 
 
 def bound(name: str, node: str, *gpus: int) -> dict:
@@ -42,14 +41,15 @@ async def test_expired_watch_lists_again_and_catches_up() -> None:
     cluster = KubeCluster(api, watch_timeout_s=5, backoff_s=(0.05,))
     await cluster.start()
     try:
-        await until(lambda: cluster.readiness()[0])
+        await until(cluster, lambda: cluster.readiness()[0])
         assert cluster.lists == {"gputopologies": 1, "pods": 1}
         api.expire_watches()
         # while the watches are expired, things change
         api.delete_pod("default", "a")
         api.put_pod(bound("b", "n1", 7))
-        await until(lambda: cluster.lists["pods"] >= 2 and cluster.lists["gputopologies"] >= 2)
-        await until(lambda: set(cluster.state.holdings) == {"uid-b"})
+        await until(cluster, lambda: cluster.lists["pods"] >= 2
+                    and cluster.lists["gputopologies"] >= 2)
+        await until(cluster, lambda: set(cluster.state.holdings) == {"uid-b"})
         assert cluster.state.nodes["n1"].free_mask == 0x7F
     finally:
         await cluster.stop()
@@ -63,7 +63,7 @@ async def test_api_errors_are_retried_and_readiness_says_why() -> None:
     assert not ready and "waiting for the first list" in why
     await cluster.start()
     try:
-        await until(lambda: cluster.readiness()[0])
+        await until(cluster, lambda: cluster.readiness()[0])
     finally:
         await cluster.stop()
 
@@ -76,10 +76,11 @@ async def test_terminal_pods_leave_the_selector_and_release() -> None:
     cluster = KubeCluster(api, watch_timeout_s=5)
     await cluster.start()
     try:
-        await until(lambda: cluster.readiness()[0] and cluster.state.nodes["n1"].free_mask == 0)
+        await until(cluster, lambda: cluster.readiness()[0]
+                    and cluster.state.nodes["n1"].free_mask == 0)
         pod["status"]["phase"] = "Failed"
         api.put_pod(pod)
-        await until(lambda: cluster.state.nodes["n1"].free_mask == 0xF)
+        await until(cluster, lambda: cluster.state.nodes["n1"].free_mask == 0xF)
     finally:
         await cluster.stop()
 
@@ -91,7 +92,7 @@ async def test_unreadable_gputopology_is_skipped() -> None:
     cluster = KubeCluster(api, watch_timeout_s=1)
     await cluster.start()
     try:
-        await until(lambda: cluster.readiness()[0])
+        await until(cluster, lambda: cluster.readiness()[0])
         assert set(cluster.state.nodes) == {"good"}
     finally:
         await cluster.stop()
@@ -176,8 +177,8 @@ async def test_standby_is_not_ready_and_refuses_binds() -> None:
     cluster = KubeCluster(api, elector=standby, watch_timeout_s=1)
     await cluster.start()
     try:
-        await until(lambda: cluster.state.synced)
-        await asyncio.sleep(0.2)
+        await until(cluster, lambda: cluster.state.synced)
+        await standby.wait_rounds(standby.rounds + 1)  # a full round after the sync
         ready, why = cluster.readiness()
         assert not ready and "standby" in why and "held by a" in why
         assert not cluster.is_leader()

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,15 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from extender.kube import ApiError, WatchExpired
+from extender.kube import KubeCluster
+from extender.kubeapi import ApiError, WatchExpired
 from extender.main import make_cluster, parse_args
 from topology.handoff import decode_gpu_sets, gputopology_object
 from topology.names import ASSIGNED_GPUS_ANNOTATION
 from topology.presets import preset
 
 from .fakekube import FakeKubeApi
-from .helpers import gpu_pod, serving, serving_app
+from .helpers import gpu_pod, serving, serving_app, until
 
 
 def api_server(fake: FakeKubeApi) -> web.Application:
@@ -74,13 +74,11 @@ def api_server(fake: FakeKubeApi) -> web.Application:
     return app
 
 
-async def until(check: Callable[[], Any], timeout: float = 60.0,
-                why: Callable[[], Any] | None = None) -> None:
-    end = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not reached in time: {await why() if why else ''}")
-        await asyncio.sleep(0.05)
+def changes(cluster: KubeCluster) -> tuple[Awaitable[None], ...]:
+    """What may change the answer: a list or watch event applied, a Lease round."""
+    assert cluster.elector is not None
+    return (cluster.wait_applied(cluster.applied),
+            cluster.elector.wait_rounds(cluster.elector.rounds))
 
 
 async def test_api_mode_filters_binds_and_elects_a_leader(tmp_path: Path) -> None:
@@ -102,17 +100,15 @@ async def test_api_mode_filters_binds_and_elects_a_leader(tmp_path: Path) -> Non
                           "--port", "0", "--lease-namespace", "gputopo-system",
                           "--identity", "replica-1", "--retry-period", "0.2"])
         cluster = make_cluster(cfg)
+        assert isinstance(cluster, KubeCluster)
         async with serving(cluster, cfg) as url, aiohttp.ClientSession() as s:
 
             async def ready() -> bool:
                 async with s.get(f"{url}/readyz") as r:
                     return r.status == 200
 
-            async def readyz() -> Any:
-                async with s.get(f"{url}/readyz") as r:
-                    return await r.json(), fake.requests[-5:]
-
-            await until(ready, why=readyz)
+            await until(ready, waits=lambda: changes(cluster), timeout=60,
+                        why=lambda: (cluster.readiness(), fake.requests[-5:]))
             lease = fake.leases[("gputopo-system", "gputopo-extender")]
             assert lease["spec"]["holderIdentity"] == "replica-1"
 
@@ -138,7 +134,7 @@ async def test_api_mode_filters_binds_and_elects_a_leader(tmp_path: Path) -> Non
                     view = await r.json()
                 return len(view["used"]) == 4 and view["pods"][0]["source"] == "assigned"
 
-            await until(used)
+            await until(used, waits=lambda: changes(cluster), timeout=60)
         # on shutdown the Lease is released for the standby
         assert fake.leases[("gputopo-system", "gputopo-extender")]["spec"][
             "holderIdentity"] == ""

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,8 +16,9 @@ from extender.config import ExtenderConfig, validate
 from extender.filesource import ClusterFileError, file_cluster, parse_cluster
 from extender.main import main, parse_args
 from extender.request import GpuRequest
+from extender.views import users
 
-from .helpers import RECORDED, memory_cluster
+from .helpers import RECORDED, memory_cluster, serve_command, stop_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -33,10 +28,16 @@ def test_validate_lists_every_problem_with_its_path() -> None:
     cfg = ExtenderConfig(port=70000, cluster_file="/nope.yaml", kubeconfig="/nope",
                          tls_cert_file="/c.pem", max_body_bytes=10,
                          resource_names=("gpu",), path_prefix="scheduler/",
-                         log_level="LOUD")
+                         log_level="LOUD", state_file="/no/such/dir/s.json",
+                         header_timeout_s=0, max_connections=0, large_bodies=0)
     paths = {e.path for e in validate(cfg)}
     assert paths >= {"port", "source", "cluster_file", "kubeconfig", "tls_cert_file", "tls",
-                     "max_body_bytes", "resource_names[0]", "path_prefix", "log_level"}
+                     "max_body_bytes", "resource_names[0]", "path_prefix", "log_level",
+                     "state_file", "header_timeout_s", "max_connections", "large_bodies"}
+    no_tls = ExtenderConfig(in_cluster=True, client_ca_file=__file__)
+    assert [e.path for e in validate(no_tls)] == ["client_ca_file"]
+    assert [e.path for e in validate(ExtenderConfig(in_cluster=True, public_views=True))] == [
+        "public_views"]
     assert not validate(ExtenderConfig(in_cluster=True))
     lease = ExtenderConfig(in_cluster=True, lease_duration_s=5, renew_deadline_s=10)
     assert [e.path for e in validate(lease)] == ["lease"]
@@ -50,6 +51,15 @@ def test_build_app_refuses_a_bad_config() -> None:
 def test_parse_args_defaults_to_in_cluster() -> None:
     cfg = parse_args(["--port", "9999"])
     assert cfg.in_cluster and cfg.port == 9999 and cfg.source == "kubernetes"
+    # without TLS only this machine can connect unless --host says otherwise
+    assert cfg.host == "127.0.0.1"
+    assert parse_args(["--tls-cert-file", "c", "--tls-key-file", "k"]).host == "0.0.0.0"
+    assert parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+    # cluster-file mode keeps binds next to the file unless told otherwise
+    assert parse_args(["--cluster-file", "/x/c.yaml"]).state_path == Path("/x/c.state.json")
+    assert parse_args(["--cluster-file", "c.yaml", "--no-state-file"]).state_path is None
+    assert parse_args(["--cluster-file", "c.yaml", "--state-file", "/s.json"]).state_path == (
+        Path("/s.json"))
     cfg = parse_args(["--cluster-file", "x.yaml", "--resource-name", "a.io/gpu",
                       "--path-prefix", "/scheduler", "--max-body-bytes", "2048"])
     assert not cfg.in_cluster and cfg.resource_names == ("a.io/gpu",)
@@ -88,7 +98,7 @@ async def test_example_cluster_file_loads() -> None:
     await cluster.start()
     s = cluster.state
     assert set(s.nodes) == {"gpu-node-1", "gpu-node-2", "gpu-node-3"}
-    assert s.users("gpu-node-1") == {0: "cluster-file", 3: "cluster-file",
+    assert users(s, "gpu-node-1") == {0: "cluster-file", 3: "cluster-file",
                                      4: "ml/trainer-0", 5: "ml/trainer-0"}
 
 
@@ -103,12 +113,6 @@ def test_topology_path_in_a_cluster_file_is_relative_to_it(tmp_path: Path) -> No
     assert cluster.topologies["a"].size == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -117,32 +121,27 @@ def _get(url: str) -> tuple[int, Any]:
         return e.code, json.loads(e.read())
 
 
-def test_command_serves_a_cluster_file_and_stops_on_sigterm() -> None:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "extender.main", "--cluster-file",
-         str(MANIFESTS / "examples" / "cluster.yaml"), "--host", "127.0.0.1",
-         "--port", str(port), "--path-prefix", "/scheduler"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+def _post(url: str, body: Any) -> Any:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_command_serves_a_cluster_file_and_stops_on_sigterm(tmp_path: Path) -> None:
+    proc, port, log = serve_command(
+        "--cluster-file", str(MANIFESTS / "examples" / "cluster.yaml"),
+        "--path-prefix", "/scheduler", "--state-file", str(tmp_path / "state.json"))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            status, body = 0, dict[str, Any]()
-            with contextlib.suppress(OSError):  # not listening yet
-                status, body = _get(f"http://127.0.0.1:{port}/readyz")
-            if status == 200:
-                break
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "extender did not become ready"
-            time.sleep(0.1)
-        assert body["nodes"] == 3
+        status, body = _get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200 and body["nodes"] == 3
         if RECORDED.is_dir():
             data = (RECORDED / "node-cache-capable.filter.request.json").read_bytes()
         else:
-            data = json.dumps({"Pod": {"spec": {"containers": [{"name": "m", "resources": {
-                "limits": {"nvidia.com/gpu": "4"}}}]}},
+            data = json.dumps({"Pod": {
+                "metadata": {"namespace": "default", "name": "p", "uid": "u"},
+                "spec": {"containers": [{"name": "m", "resources": {
+                    "limits": {"nvidia.com/gpu": "4"}}}]}},
                 "NodeNames": ["gpu-node-1", "gpu-node-2", "gpu-node-3"]}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/scheduler/filter", data=data,
                                      headers={"Content-Type": "application/json"})
@@ -150,10 +149,54 @@ def test_command_serves_a_cluster_file_and_stops_on_sigterm() -> None:
             answer = json.loads(r.read())
         assert answer["NodeNames"] == ["gpu-node-1", "gpu-node-3"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out = stop_command(proc)
     assert proc.returncode == 0, out
-    assert "msg=serving host=127.0.0.1" in out
+    assert "msg=serving host=127.0.0.1" in log
+    assert "without client authentication" not in log + out  # loopback: no warning
+
+
+def test_binds_survive_kill_9_in_cluster_file_mode(tmp_path: Path) -> None:
+    """The state file is written before bind answers; after kill -9 the GPUs stay held,
+    and a retried bind succeeds only where the pod still holds them."""
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("nodes: [{name: n1, topology: hgx-h100}]\n")
+
+    def pod(name: str, gpus: int) -> dict[str, Any]:
+        return {"metadata": {"namespace": "ml", "name": name, "uid": f"uid-{name}"},
+                "spec": {"containers": [{"name": "main", "resources": {
+                    "limits": {"nvidia.com/gpu": str(gpus)}}}]}}
+
+    def bind(port: int, name: str, node: str = "n1") -> str:
+        return str(_post(f"http://127.0.0.1:{port}/bind", {
+            "PodName": name, "PodNamespace": "ml", "PodUID": f"uid-{name}", "Node": node,
+        })["Error"])
+
+    proc, port, _ = serve_command("--cluster-file", str(cluster))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for name, n in (("a", 6), ("b", 8)):
+            assert _post(f"{base}/filter", {"Pod": pod(name, n), "NodeNames": ["n1"]})[
+                "NodeNames"] == ["n1"]
+        assert bind(port, "a") == ""
+    finally:
+        stop_command(proc, signal.SIGKILL)
+    state = json.loads((tmp_path / "cluster.state.json").read_text())
+    assert [h["uid"] for h in state["holdings"]] == ["uid-a"]
+
+    proc, port, log = serve_command("--cluster-file", str(cluster))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _, view = _get(f"{base}/topology/n1")
+        assert len(view["free"]) == 2 and view["pods"][0]["pod"] == "ml/a"
+        # what a knows of its GPUs survived; 8 more cannot be had
+        _post(f"{base}/filter", {"Pod": pod("b", 8), "NodeNames": ["n1"]})
+        assert "can no longer take the pod" in bind(port, "b")
+        # the scheduler's retry of a's bind: a still holds its GPUs there
+        assert bind(port, "a") == ""
+        assert "already holds GPUs on n1" in bind(port, "a", "n2")
+    finally:
+        stop_command(proc)
+    assert "holdings=1" in log
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -194,6 +237,27 @@ def test_scheduler_config_matches_the_protocol_and_the_service() -> None:
     sched = {d["kind"]: d for d in _docs(MANIFESTS / "scheduler-deployment.yaml")}
     cmd = sched["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--config=/etc/gputopo-scheduler/config.yaml" in cmd
+
+
+def test_network_policy_admits_only_the_scheduler_to_the_extender_port() -> None:
+    (policy,) = _docs(MANIFESTS / "extender-networkpolicy.yaml")
+    docs = {d["kind"]: d for d in _docs(MANIFESTS / "extender-deployment.yaml")}
+    sched = {d["kind"]: d for d in _docs(MANIFESTS / "scheduler-deployment.yaml")}
+    dep, sched_dep = docs["Deployment"], sched["Deployment"]
+    assert policy["kind"] == "NetworkPolicy"
+    assert policy["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # pods of this namespace only
+    assert peer["podSelector"]["matchLabels"].items() <= (
+        sched_dep["spec"]["template"]["metadata"]["labels"].items())
+    assert sched_dep["metadata"]["namespace"] == policy["metadata"]["namespace"]
+    port = dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
 
 
 @pytest.mark.parametrize(("name", "total", "required"), [

@@ -88,23 +88,57 @@ CASES = [
          min_link=Link.nvlink(2)),
     Case(name="bad min-link names key, value and allowed values",
          pod=pod([c("main", {G: "2"})], annotations={"gputopo.io/min-link": "fast"}),
-         error="annotation gputopo.io/min-link: unknown link class 'fast'; allowed: nvlink"),
+         error="Pod.metadata.annotations[gputopo.io/min-link]: unknown link class 'fast'; "
+               "allowed: nvlink"),
     Case(name="bad link-policy names key, value and allowed values",
          pod=pod([c("main", {G: "2"})], annotations={
              "gputopo.io/min-link": "pix", "gputopo.io/link-policy": "must"}),
-         error="annotation gputopo.io/link-policy: invalid value 'must'; "
+         error="Pod.metadata.annotations[gputopo.io/link-policy]: invalid value 'must'; "
                "allowed: required, preferred"),
     Case(name="required without min-link",
          pod=pod([c("main", {G: "2"})], annotations={"gputopo.io/link-policy": "required"}),
          error="needs gputopo.io/min-link"),
     Case(name="fractional GPUs", pod=pod([c("main", {G: "1.5"})]),
-         error="container main: resources.limits[nvidia.com/gpu] = '1.5': expected a whole"),
+         error="Pod.spec.containers[0].resources.limits[nvidia.com/gpu]: '1.5' is not a whole "
+               "number of GPUs"),
     Case(name="requests and limits differ", pod=pod([c("main", {G: "2"}, {G: "1"})]),
-         error="requests (1) and limits (2) differ"),
+         error="Pod.spec.containers[0].resources: nvidia.com/gpu requests (1) and limits (2) "
+               "differ"),
+    # Kubernetes' own rules, decided once here (issue 7: these broke bind and the page)
+    Case(name="a quantity of 5,000 digits is out of range, never converted",
+         pod=pod([c("main", {G: "9" * 5000})]),
+         error="Pod.spec.containers[0].resources.limits[nvidia.com/gpu]: '9999"),
+    Case(name="a JSON integer quantity out of range", pod=pod([c("main", None, {G: 10**30})]),
+         error="Pod.spec.containers[0].resources.requests[nvidia.com/gpu]: "),
+    Case(name="quantities are canonical: no sign, no leading zero, no blanks",
+         pod=pod([c("main", {G: "+04"})]), error="is not a whole number of GPUs in canonical"),
+    Case(name="a boolean is not a quantity", pod=pod([c("main", {G: True})]),
+         error="True is not a whole number"),
+    Case(name="container names are unique across init and app containers",
+         pod=pod([c("main", {G: "2"}), c("side", {G: "1"})], init=[c("main", {G: "2"})]),
+         error="Pod.spec.containers[0].name: duplicate container name 'main' "
+               "(also Pod.spec.initContainers[0].name)"),
+    Case(name="two app containers of the same name",
+         pod=pod([c("main", {G: "2"}), c("main", {G: "2"})]),
+         error="Pod.spec.containers[1].name: duplicate container name 'main'"),
+    Case(name="container names are DNS-1123 labels", pod=pod([c("Main_1", {G: "1"})]),
+         error="Pod.spec.containers[0].name: 'Main_1' is not a DNS-1123 label"),
+    Case(name="null annotations are no annotations", pod={
+        "metadata": {"annotations": None}, "spec": {"containers": [c("main", {G: "2"})]}},
+         containers=(ContainerRequest(name="main", count=2),), total=2),
+    Case(name="annotation values are strings",
+         pod=pod([c("main", {G: "1"})], annotations={"note": 5}),
+         error="Pod.metadata.annotations[note]: expected a string, got a number"),
+    Case(name="annotation keys are qualified names",
+         pod=pod([c("main", {G: "1"})], annotations={"a b": "x"}),
+         error="Pod.metadata.annotations: key 'a b' is not a qualified name"),
+    Case(name="annotations are at most 256 KiB in all",
+         pod=pod([c("main", {G: "1"})], annotations={"big": "x" * (256 * 1024)}),
+         error="Pod.metadata.annotations: 262147 bytes in all, over the 262144"),
     Case(name="containers not a list", pod={"metadata": {}, "spec": {"containers": {}}},
          error="Pod.spec.containers: expected a list"),
     Case(name="container without a name", pod=pod([{"resources": {"limits": {G: "1"}}}]),
-         error="Pod.spec.containers[0].name"),
+         error="Pod.spec.containers[0].name: expected a container name, got None"),
 ]
 
 

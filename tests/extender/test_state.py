@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extender import statefile
+from extender.memory import MemoryCluster
 from extender.plan import Plan, Rejection, place
+from extender.pods import decode_pod
 from extender.request import GpuRequest, PodRef
 from extender.state import BIND_GRACE_S, ClusterState, Holding
-from topology.allocate import allocator_for, indices_of, mask_of
+from extender.views import users
+from topology.allocate import allocator_for
+from topology.gpuids import indices_of, mask_of
 from topology.handoff import gpu_ids, stable_gpu_uuid
 from topology.presets import preset
 
@@ -38,7 +48,7 @@ def test_hold_release_reserve_commit_update_the_free_mask() -> None:
     assert indices_of(n.free_mask) == (2, 3, 4, 5, 6, 7)
     s.reserve(holding("b", "n1", [2, 3]))
     assert indices_of(n.free_mask) == (4, 5, 6, 7)
-    assert s.users("n1")[2] == "ns/b (binding)"
+    assert users(s, "n1")[2] == "ns/b (binding)"
     s.commit("b", "bind")
     assert "b" in s.holdings and "b" not in s.reservations
     assert indices_of(n.free_mask) == (4, 5, 6, 7)
@@ -161,11 +171,16 @@ def test_two_containers_get_a_joint_placement_when_greedy_would_fail() -> None:
     assert sorted(sorted(s) for _, s in v.sets) == [[0, 1], [5, 7]]
 
 
-def test_remembered_pods_are_bounded() -> None:
-    s = ClusterState(remembered_pods=3)
+def test_pods_seen_in_filter_are_remembered_within_bounds() -> None:
+    c = MemoryCluster(remembered_pods=3)
     for i in range(5):
-        s.remember_pod(gpu_pod(f"p{i}"))
-    assert s.recall_pod("uid-p0") is None and s.recall_pod("uid-p4") is not None
+        c.note_pod(decode_pod(gpu_pod(f"p{i}")))
+    assert c.seen("uid-p0") is None and c.seen("uid-p4") is not None
+    # and within bytes: a pod of many containers counts for more
+    c = MemoryCluster(remembered_bytes=20_000)
+    c.note_pod(decode_pod(gpu_pod("small")))
+    c.note_pod(decode_pod(gpu_pod("wide", gpus={f"c{i}": 1 for i in range(200)})))
+    assert c.seen("uid-small") is None and c.seen("uid-wide") is None
 
 
 def test_commit_keeps_what_the_watch_already_delivered() -> None:
@@ -178,3 +193,59 @@ def test_commit_keeps_what_the_watch_already_delivered() -> None:
     assert s.commit("p", "bind") is seen
     assert s.holdings["p"].source == "allocated" and not s.reservations
     assert indices_of(s.nodes["n1"].free_mask) == (2, 3, 4, 5, 6, 7)
+
+
+# -- the cluster-file mode's state file ----------------------------------------------------
+def test_state_file_round_trip_and_atomic_replace(tmp_path: Path, monkeypatch: Any) -> None:
+    path = tmp_path / "cluster.state.json"
+    assert statefile.load(path) == []  # not written yet
+    first = [holding("a", "n1", [0, 1])]
+    statefile.save(path, first)
+    assert [(h.pod, h.node, h.sets) for h in statefile.load(path)] == [
+        (h.pod, h.node, h.sets) for h in first]
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(statefile.os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        statefile.save(path, [*first, holding("b", "n1", [2])])
+    # the old holdings are intact, and no temporary file is left behind
+    assert [h.pod.uid for h in statefile.load(path)] == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.state.json"]
+
+
+def test_unreadable_state_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"schema": "something else"}')
+    with pytest.raises(statefile.StateFileError, match="not a state file"):
+        statefile.load(path)
+    path.write_text('{"schema": "gputopo.io/extender-state/v1", "holdings": [{"uid": 1}]}')
+    with pytest.raises(statefile.StateFileError, match=r"holdings\[0\]"):
+        statefile.load(path)
+
+
+async def test_a_bind_whose_holding_cannot_be_written_is_refused(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from extender.bind import Binder, BindRefused
+    from extender.config import ExtenderConfig
+    from extender.metrics import Metrics
+    from extender.wire import BindArgs
+
+    cluster = MemoryCluster(topologies={"n1": preset("hgx-h100")}, mode="file",
+                            state_file=tmp_path / "s.json")
+    await cluster.start()
+    pod = decode_pod(gpu_pod("p", gpus=2))
+    cluster.note_pod(pod)
+
+    def full_disk(path: Path, holdings: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(statefile, "save", full_disk)
+    binder = Binder(cluster, cluster.state, ExtenderConfig(), Metrics(cluster.state))
+    result = await binder.bind(BindArgs(pod_name="p", pod_namespace="default",
+                                        pod_uid="uid-p", node="n1"))
+    assert isinstance(result, BindRefused) and "No space left on device" in result.reason
+    assert cluster.state.nodes["n1"].free_mask == 0xFF and not cluster.state.holdings
+    assert cluster.pods == {}
