@@ -38,7 +38,7 @@ cluster-down:
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict topology extender
+	$(VENV)/bin/mypy --strict topology extender console
 	$(VENV)/bin/lint-imports
 
 bench: setup
@@ -53,7 +53,7 @@ stubs: setup
 	$(PY) -m plugin.api.generate
 
 extender: setup
-	$(VENV)/bin/gputopo-extender --port 8888 --cluster-file manifests/examples/cluster.yaml
+	$(VENV)/bin/gputopo-extender --port 8888 --cluster-file examples/cluster.yaml
 
 plugin: setup
 	mkdir -p /tmp/gputopo-dp

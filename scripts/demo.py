@@ -161,7 +161,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cluster-file",
-                    default=str(ROOT / "manifests/examples/demo-cluster.yaml"))
+                    default=str(ROOT / "examples" / "demo-cluster.yaml"))
     ap.add_argument("--keep-running", action="store_true",
                     help="leave the extender serving (its page at /) until Ctrl-C")
     args = ap.parse_args()
