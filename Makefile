@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test e2e cluster-up cluster-down lint bench bench-scheduler stubs extender plugin clean
+.PHONY: setup demo test e2e cluster-up cluster-down chart lint bench bench-scheduler stubs extender plugin clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ cluster-up: setup
 
 cluster-down:
 	tests/e2e/cluster/down --dir /tmp/gputopo-e2e
+
+# The Helm chart: lint it and render its defaults (helm built once from its Go module).
+chart:
+	helm="$$(tests/e2e/tools/helm/build)/helm" && \
+	  $$helm lint --strict manifests/helm/gpu-topology-scheduler && \
+	  $$helm template gputopo manifests/helm/gpu-topology-scheduler --namespace gputopo-system --include-crds
 
 lint: setup
 	$(VENV)/bin/ruff check .
