@@ -144,11 +144,17 @@ def explanation_text(e: Explanation) -> str:
             out.append(f"  {q.container}: GPUs {_gpus(q.devices)}: {_ring(q.ring_link)}, "
                        f"{q.gbps:g} GB/s between them, NUMA {numa}")
         if e.same_set_now is True:
-            out.append(f"  With its GPUs given back, the extender would choose the same set "
-                       f"on {e.node} now.")
+            out.append(f"  With its GPUs given back, {e.node} would give it the same set now.")
         elif e.same_set_now is False:
-            out.append("  The extender would choose differently now (the cluster has "
-                       "changed since it was bound; see below).")
+            out.append(f"  With its GPUs given back, {e.node} would give it another set now "
+                       "(the cluster has changed since it was bound).")
+        mine = next((v for v in e.verdicts if v.node == e.node), None)
+        better = [v for v in e.fitting if mine is None or (v.score or 0) > (mine.score or 0)]
+        if better:
+            top = max(better, key=lambda v: v.score or 0)
+            than = "" if mine is None or not mine.fits else f" against {mine.score} for {e.node}"
+            out.append(f"  Now the extender would rank {top.node} first (score {top.score}"
+                       f"{than}): the cluster has changed since it was bound.")
         out.append("The extender's verdict on every GPU node now, with this pod's GPUs "
                    "given back (filter reasons as kube-scheduler shows them, scores 0-10):")
     else:
@@ -172,7 +178,8 @@ def explanation_text(e: Explanation) -> str:
 def _events(e: Explanation) -> list[str]:
     if not e.events:
         return []
-    return ["kube-scheduler's FailedScheduling events (newest last):",
+    when = " from before it was bound" if e.node else ""
+    return [f"kube-scheduler's FailedScheduling events{when} (newest last):",
             *(f"  {m}" for m in e.events)]
 
 
