@@ -88,8 +88,7 @@ USES: tuple[Use, ...] = (
     Use(account=PLUGIN, group=CORE, resource="pods", verb="list",
         module="plugin/kube.py", call="self.core.list_pod_for_all_namespaces("),
     Use(account=PLUGIN, group=CORE, resource="pods", verb="watch",
-        module="plugin/kube.py", call="w.stream(\n                    "
-                                      "self.core.list_pod_for_all_namespaces"),
+        module="plugin/kube.py", call="w.stream("),
     Use(account=PLUGIN, group=CORE, resource="pods", verb="patch",  # allocated-gpus
         module="plugin/reconcile.py", call="self._cluster.patch_pod_annotations("),
     Use(account=PLUGIN, group=CORE, resource="nodes", verb="get",  # uid (owner), labels
