@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test e2e cluster-up cluster-down lint bench bench-scheduler stubs extender plugin clean
+.PHONY: setup demo test e2e cluster-up cluster-down chart lint bench bench-scheduler stubs extender plugin clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,15 @@ cluster-up: setup
 cluster-down:
 	tests/e2e/cluster/down --dir /tmp/gputopo-e2e
 
+# The Helm chart: lint it and render its defaults (helm built once from its Go module).
+chart:
+	helm="$$(tests/e2e/tools/helm/build)/helm" && \
+	  $$helm lint --strict manifests/helm/gpu-topology-scheduler && \
+	  $$helm template gputopo manifests/helm/gpu-topology-scheduler --namespace gputopo-system --include-crds
+
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict topology extender plugin simulator
+	$(VENV)/bin/mypy --strict topology extender plugin simulator console
 	$(VENV)/bin/lint-imports
 
 bench: setup
@@ -55,7 +61,7 @@ stubs: setup
 	$(PY) -m plugin.api.generate
 
 extender: setup
-	$(VENV)/bin/gputopo-extender --port 8888 --cluster-file manifests/examples/cluster.yaml
+	$(VENV)/bin/gputopo-extender --port 8888 --cluster-file examples/cluster.yaml
 
 plugin: setup
 	mkdir -p /tmp/gputopo-dp

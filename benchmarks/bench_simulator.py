@@ -5,7 +5,7 @@
 1. The full comparison (every metric, every policy) on two clusters, each replaying
    the Philly subset (``../shared/traces/philly_genpw15k.csv``; the synthetic workload
    when ``../shared`` is absent): 64 DGX-1 V100 nodes, and the mixed 64-node fleet of
-   ``manifests/examples/mixed-cluster.yaml``. Extra rows, not among the four: pods that
+   ``examples/mixed-cluster.yaml``. Extra rows, not among the four: pods that
    ask for their best link (``--min-link 2=NV2,nvlink --link-policy required``), and
    ``topology-binpack`` (the gputopo profile with ``MostAllocated`` on GPUs).
 2. Speed: jobs per second of each policy on 64 and on 1,024 DGX-1 nodes, and the wall
@@ -33,7 +33,7 @@ from simulator.compare import Comparison  # noqa: E402
 from simulator.report import markdown_table, size_table  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "traces" / "philly_genpw15k.csv"
-MIXED = ROOT / "manifests" / "examples" / "mixed-cluster.yaml"
+MIXED = ROOT / "examples" / "mixed-cluster.yaml"
 FOUR = "count,binpack,local,topology"
 
 

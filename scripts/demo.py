@@ -1,7 +1,7 @@
 """The main job on the embedded default: no cluster, no GPU.
 
 1. Starts the real extender (``gputopo-extender``) on the built-in cluster file
-   ``manifests/examples/mixed-cluster.yaml`` (64 nodes: DGX-1, DGX A100, PCIe servers)
+   ``examples/mixed-cluster.yaml`` (64 nodes: DGX-1, DGX A100, PCIe servers)
    and drives a few hundred synthetic pods through its HTTP ``/filter``,
    ``/prioritize`` and ``/bind`` the way kube-scheduler does: candidates that fit by
    count, the extender's filter, its scores times the profile's weight (5) times 10,
@@ -43,7 +43,7 @@ from topology.presets import preset  # noqa: E402
 from topology.render import to_matrix_text  # noqa: E402
 from topology.sources import load_topology  # noqa: E402
 
-CLUSTER_FILE = ROOT / "manifests" / "examples" / "mixed-cluster.yaml"
+CLUSTER_FILE = ROOT / "examples" / "mixed-cluster.yaml"
 TRACE = ROOT.parent / "shared" / "traces" / "philly_genpw15k.csv"
 REPORT = ROOT / "build" / "simulator-report"
 #: manifests/scheduler-config.yaml: extenders[0].weight; kube-scheduler scales 0..10 by 10.

@@ -22,6 +22,7 @@ __all__ = [
     "encode_gpu_sets",
     "gpu_ids",
     "gputopology_object",
+    "nvlink_summary",
     "stable_gpu_uuid",
     "topology_from_gputopology",
 ]
@@ -70,10 +71,34 @@ def decode_gpu_sets(key: str, value: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def nvlink_summary(topology: Topology) -> str:
+    """The NVLink classes between the node's GPUs, weakest first, or ``none``.
+
+    What ``kubectl get gputopologies`` shows in its NVLink column.
+
+    >>> from topology.presets import preset
+    >>> nvlink_summary(preset("dgx1-v100")), nvlink_summary(preset("pcie-8gpu-sys"))
+    ('NV1,NV2', 'none')
+    """
+    links = sorted({c for row in topology.links for c in row if c is not None and c.is_nvlink})
+    return ",".join(map(str, links)) or "none"
+
+
+def _model_summary(topology: Topology) -> str:
+    if topology.model is not None:
+        return topology.model
+    return "mixed" if len({g.model for g in topology.gpus}) > 1 else "unknown"
+
+
 def gputopology_object(
     node_name: str, topology: Topology, *, node_uid: str | None = None
 ) -> dict[str, Any]:
-    """The cluster-scoped ``GPUTopology`` object a device plugin publishes for its node."""
+    """The cluster-scoped ``GPUTopology`` object a device plugin publishes for its node.
+
+    ``spec.topology`` is the truth (``topology.serialize`` form); ``gpuCount``, ``model``
+    and ``nvlink`` are derived from it for the printer columns of ``kubectl get`` (the
+    CRD checks ``gpuCount`` against the topology).
+    """
     metadata: dict[str, Any] = {"name": node_name}
     if node_uid:
         metadata["ownerReferences"] = [{
@@ -86,7 +111,13 @@ def gputopology_object(
         "apiVersion": f"{GPUTOPOLOGY_GROUP}/{GPUTOPOLOGY_VERSION}",
         "kind": GPUTOPOLOGY_KIND,
         "metadata": metadata,
-        "spec": {"nodeName": node_name, "topology": dump(topology)},
+        "spec": {
+            "nodeName": node_name,
+            "gpuCount": topology.size,
+            "model": _model_summary(topology),
+            "nvlink": nvlink_summary(topology),
+            "topology": dump(topology),
+        },
     }
 
 

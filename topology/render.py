@@ -125,13 +125,16 @@ def _by_numa(t: Topology) -> dict[int | None, list[int]]:
     return groups
 
 
-def to_dot(t: Topology, highlight: Iterable[int] = ()) -> str:
+def to_dot(
+    t: Topology, highlight: Iterable[int] = (), *, used: Mapping[int, str] | None = None
+) -> str:
     """Graphviz DOT: GPUs clustered by NUMA node, NVLink edges labelled and weighted.
 
     NVLink edges are solid, labelled ``NVn``, with pen width and ``weight`` growing with
     the link count. Of the PCIe paths only the best class present among the pairs without
     NVLink is drawn, dashed. Highlighted GPUs are filled orange, and every pair inside the
-    highlighted set is drawn bold red, whatever its class.
+    highlighted set is drawn bold red, whatever its class. ``used`` maps GPU index to who
+    holds it: those GPUs are filled grey and labelled with the holder.
 
     Examples
     --------
@@ -141,8 +144,12 @@ def to_dot(t: Topology, highlight: Iterable[int] = ()) -> str:
     gpu0 -- gpu2 [label="NV12", penwidth=7.0, weight=300, color="#d62728", fontcolor="#d62728"];
     >>> sum(1 for line in dot.splitlines() if 'style="dashed"' in line)
     24
+    >>> [line.strip() for line in to_dot(preset("workstation-2gpu-nvlink"), used={1: "ml/a"})
+    ...  .splitlines() if line.strip().startswith("gpu1 [")]
+    ['gpu1 [label="GPU1\\\\nNVIDIA GeForce RTX 3090\\\\nused by ml/a", fillcolor="#e0e0e0"];']
     """
     chosen = _valid(t, highlight)
+    held = dict(used or {})
     title = t.name or "topology"
     out = [
         f"graph {_dot_string(title)} {{",
@@ -157,6 +164,9 @@ def to_dot(t: Topology, highlight: Iterable[int] = ()) -> str:
             gpu = t.gpus[i]
             label = gpu.name if gpu.model is None else f"{gpu.name}\n{gpu.model}"
             extra = ', fillcolor="#ffb74d", penwidth=3' if i in chosen else ""
+            if i in held:
+                label += f"\nused by {held[i]}"
+                extra = extra or ', fillcolor="#e0e0e0"'
             out.append(f"    gpu{i} [label={_dot_string(label)}{extra}];")
         out.append("  }")
     for e in _drawn_edges(t, chosen, with_sys=True):

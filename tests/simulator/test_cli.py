@@ -61,7 +61,7 @@ def test_table_and_report(tmp_path: Path) -> None:
 
 def test_synthetic_default_and_cluster_file(tmp_path: Path) -> None:
     code, out = simulate("--jobs", "60", "--cluster-file",
-                         str(ROOT / "manifests" / "examples" / "demo-cluster.yaml"),
+                         str(ROOT / "examples" / "demo-cluster.yaml"),
                          "--json")
     result = json.loads(out)
     assert code == 0 and result["workload"]["jobs"] == 60
