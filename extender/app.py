@@ -35,6 +35,7 @@ from extender.intake import Intake
 from extender.logs import Throttle, suppressed
 from extender.metrics import CLIENT_GONE, CONTENT_TYPE_LATEST, Metrics
 from extender.page import render_page
+from extender.pods import RecentPods
 from extender.views import node_view, summary, topology_document
 from extender.wire import BadRequest, ClientGone
 
@@ -240,13 +241,14 @@ def build_app(
         intake=Intake(max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s,
                       large_bodies=cfg.large_bodies, executor=decode_executor),
         throttle=Throttle(),
+        recent=RecentPods(),
     )
     # The body limit is enforced (and answered with 400) by the intake; aiohttp's own
     # limit is set just above it so that check is the one that triggers.
     app = web.Application(client_max_size=cfg.max_body_bytes + 1,
                           middlewares=[track_requests])
     app[CONTEXT] = ext
-    binder = app[BINDER] = Binder(cluster, state, cfg, m)
+    binder = app[BINDER] = Binder(cluster, state, cfg, m, recent=ext.recent)
 
     async def bind_handler(request: web.Request, data: Any) -> web.Response:
         return await bind.handle(binder, data)

@@ -1,11 +1,13 @@
-"""bind: choose the set again on fresh state, write it on the pod, create the Binding.
+"""bind: choose the set again on fresh state, then one Binding that records it on the pod.
 
 Binds are asynchronous in kube-scheduler: later pods are filtered while a bind is in
 flight. So the chosen set is *reserved* in ``ClusterState`` before any write; filter
 and other binds see those GPUs as taken. The per-node lock covers the choice and the
 reservation (synchronous, no I/O); the write runs outside it, so a slow API server does
 not stall other binds on the node, and the reservation is what keeps their sets apart.
-On failure the reservation is released; on success it becomes a holding.
+On failure the reservation is released; on success it becomes a holding. The write is
+one call of the cluster (in API mode one Binding carrying the assigned set; see
+``extender.kube``).
 
 A bind's outcome is a value: :class:`Bound` or :class:`BindRefused` with the reason
 (the scheduler shows it, and retries the pod).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,7 @@ from extender.config import ExtenderConfig
 from extender.encoding import json_response
 from extender.metrics import Metrics
 from extender.plan import Plan, place
+from extender.pods import Pod, RecentPods
 from extender.request import GpuRequest, PodRef, RequestError
 from extender.state import ClusterState, Holding
 from extender.wire import BindArgs, ExtenderBindingResult, decode_binding_args
@@ -73,15 +77,25 @@ def choose(
 
 
 class Binder:
-    """Per-node locks and one bind at a time per pod."""
+    """Per-node locks, one bind at a time per pod, and the bind's time budget.
+
+    The pod's GPU request comes from filter (``RecentPods``: the scheduler filters a pod
+    before it binds it); only a pod this process has not seen (it restarted in between)
+    is read from the cluster. The whole bind, waiting for the node's lock, choosing the
+    set and the API call, has ``bind_timeout_s``; a bind that takes more than
+    ``slow_bind_s`` is logged with the part that took the time.
+    """
 
     def __init__(
-        self, cluster: Cluster, state: ClusterState, cfg: ExtenderConfig, metrics: Metrics
+        self, cluster: Cluster, state: ClusterState, cfg: ExtenderConfig, metrics: Metrics,
+        *, recent: RecentPods | None = None, slow_bind_s: float = 0.2,
     ) -> None:
         self.cluster = cluster
         self.state = state
         self.cfg = cfg
         self.metrics = metrics
+        self.recent = recent if recent is not None else RecentPods()
+        self.slow_bind_s = slow_bind_s
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, tuple[str, asyncio.Future[BindResult]]] = {}
 
@@ -107,27 +121,71 @@ class Binder:
             return await asyncio.shield(other)
         fut: asyncio.Future[BindResult] = asyncio.get_running_loop().create_future()
         self._inflight[ref.uid] = (args.node, fut)
+        timing = _Timing()
         try:
-            result = await self._bind(ref, args.node)
+            try:
+                async with asyncio.timeout(self.cfg.bind_timeout_s):
+                    result = await self._bind(ref, args.node, timing)
+            except TimeoutError:
+                self.state.unreserve(ref.uid)
+                result = BindRefused(reason=(
+                    f"binding pod {ref} to {args.node}: timed out after "
+                    f"{self.cfg.bind_timeout_s:g}s ({timing.describe()})"))
             fut.set_result(result)
         except BaseException as e:
             fut.set_result(BindRefused(reason=f"bind interrupted: {e!r}"))
             raise
         finally:
             self._inflight.pop(ref.uid, None)
-        self.metrics.binds.labels("bound" if isinstance(result, Bound) else "error").inc()
+        self._account(ref, args.node, result, timing)
         return result
 
-    async def _bind(self, ref: PodRef, node: str) -> BindResult:
+    def _account(self, ref: PodRef, node: str, result: BindResult, timing: _Timing) -> None:
+        self.metrics.binds.labels("bound" if isinstance(result, Bound) else "error").inc()
+        for phase, seconds in timing.phases.items():
+            self.metrics.bind_phases.labels(phase).observe(seconds)
+        if timing.total() > self.slow_bind_s:
+            log.warning("bind slow pod=%s node=%s %s result=%s", ref, node, timing.describe(),
+                        "bound" if isinstance(result, Bound) else "refused")
+
+    async def _bind(self, ref: PodRef, node: str, timing: _Timing) -> BindResult:
         if not self.cluster.is_leader():
             return BindRefused(reason="this extender replica is not the leader; the scheduler "
                                       "will retry")
+        pod = self.recent.get(ref.uid)
+        if pod is None or (pod.ref.namespace, pod.ref.name) != (ref.namespace, ref.name):
+            found = await self._read(ref, node, timing)
+            if not isinstance(found, Pod):
+                return found
+            pod = found
+        request = pod.request
+        if request.empty:
+            return await self._write(ref, node, None, timing)
+        started = time.perf_counter()
+        async with self.lock(node):
+            timing.add("lock", time.perf_counter() - started)
+            started = time.perf_counter()
+            chosen = choose(self.state, node, request, ref)
+            if isinstance(chosen, Holding):
+                self.state.reserve(chosen)
+            timing.add("choose", time.perf_counter() - started)
+        if isinstance(chosen, BindRefused):
+            self.metrics.bind_conflicts.inc()
+            log.warning("bind conflict pod=%s node=%s reason=%r", ref, node, chosen.reason)
+            return chosen
+        return await self._write(ref, node, chosen, timing)
+
+    async def _read(self, ref: PodRef, node: str, timing: _Timing) -> Pod | BindResult:
+        """The pod from the cluster (not seen in filter), or the bind's result already."""
+        started = time.perf_counter()
         try:
             pod = await self.cluster.get_pod(ref)
         except ClusterError as e:
             return BindRefused(reason=f"reading pod {ref}: {e}")
         except RequestError as e:
             return BindRefused(reason=str(e))
+        finally:
+            timing.add("api", time.perf_counter() - started)
         if pod is None:
             return BindRefused(reason=(
                 f"pod {ref} (uid {ref.uid}) not found"
@@ -145,33 +203,26 @@ class Binder:
                 self.state.hold(h)
             log.info("bind retry pod=%s node=%s (already bound)", ref, node)
             return Bound(pod=ref, node=node, holding=h, retry=True)
-        request = pod.request
-        if request.empty:
-            return await self._write(ref, node, None)
-        async with self.lock(node):
-            chosen = choose(self.state, node, request, ref)
-            if isinstance(chosen, BindRefused):
-                self.metrics.bind_conflicts.inc()
-                log.warning("bind conflict pod=%s node=%s reason=%r", ref, node, chosen.reason)
-                return chosen
-            self.state.reserve(chosen)
-        return await self._write(ref, node, chosen)
+        return pod
 
-    async def _write(self, ref: PodRef, node: str, chosen: Holding | None) -> BindResult:
+    async def _write(self, ref: PodRef, node: str, chosen: Holding | None,
+                     timing: _Timing) -> BindResult:
+        started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.cfg.bind_timeout_s):
-                value = None if chosen is None else encode_gpu_sets(dict(chosen.sets))
-                await self.cluster.bind(ref, node, value)
-        except (ClusterError, TimeoutError) as e:
+            value = None if chosen is None else encode_gpu_sets(dict(chosen.sets))
+            await self.cluster.bind(ref, node, value)
+        except ClusterError as e:
             self.state.unreserve(ref.uid)
-            if isinstance(e, ClusterError) and e.conflict:
+            if e.conflict:
                 self.metrics.bind_conflicts.inc()
-            why = str(e) or f"timed out after {self.cfg.bind_timeout_s:g}s"
-            log.warning("bind failed pod=%s node=%s error=%r", ref, node, why)
-            return BindRefused(reason=f"binding pod {ref} to {node}: {why}")
+            log.warning("bind failed pod=%s node=%s error=%r", ref, node, str(e))
+            return BindRefused(reason=f"binding pod {ref} to {node}: {e}")
         except BaseException:
             self.state.unreserve(ref.uid)
             raise
+        finally:
+            timing.add("api", time.perf_counter() - started)
+        self.recent.forget(ref.uid)
         if chosen is None:
             log.info("bound pod=%s node=%s gpus=none", ref, node)
             return Bound(pod=ref, node=node)
@@ -179,6 +230,27 @@ class Binder:
         log.info("bound pod=%s node=%s gpus=%s", ref, node,
                  ";".join(f"{c}={','.join(ids)}" for c, ids in chosen.sets))
         return Bound(pod=ref, node=node, holding=held)
+
+
+class _Timing:
+    """Seconds per phase of one bind, for its log line and the phase histogram."""
+
+    __slots__ = ("phases", "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+    def describe(self) -> str:
+        parts = [f"total_ms={1000 * self.total():.1f}"]
+        parts += [f"{p}_ms={1000 * s:.1f}" for p, s in self.phases.items()]
+        return " ".join(parts)
 
 
 async def handle(binder: Binder, data: Any) -> web.Response:

@@ -15,7 +15,7 @@ from extender.decisions import Decisions
 from extender.intake import Intake
 from extender.logs import Throttle, suppressed
 from extender.metrics import Metrics
-from extender.pods import Pod, decode_pod
+from extender.pods import Pod, RecentPods, decode_pod
 from extender.request import RequestError, pod_ref
 from extender.state import ClusterState
 from extender.validation import show
@@ -35,14 +35,22 @@ class Extender:
     intake: Intake
     #: Requests from clients that break the rules are logged once per kind and interval.
     throttle: Throttle
+    #: Pods decoded from requests, by UID: filter, prioritize and bind share one decode.
+    recent: RecentPods
 
     def pod(
         self, verb: str, raw: Mapping[str, Any], *, need_uid: bool = True
     ) -> Pod | RequestError:
-        """The request's pod, decoded once; an invalid pod is counted and logged, and
-        each verb answers it in its own way."""
+        """The request's pod, decoded once per version of it (filter, then prioritize, then
+        bind see the same pod); an invalid pod is counted and logged, and each verb
+        answers it in its own way."""
+        uid, version = _identity(raw)
+        if uid and version:
+            known = self.recent.get(uid, version)
+            if known is not None:
+                return known
         try:
-            return decode_pod(raw, self.cfg.resource_names, need_uid=need_uid)
+            pod = decode_pod(raw, self.cfg.resource_names, need_uid=need_uid)
         except RequestError as e:
             self.metrics.pod_errors.labels(verb).inc()
             n = self.throttle.allow(("pod", verb, str(e).split(":", 1)[0]))
@@ -51,6 +59,18 @@ class Extender:
                 log.info("%s: bad pod=%s/%s error=%r%s", verb, show(ref.namespace)[1:-1],
                          show(ref.name)[1:-1], str(e)[:300], suppressed(n))
             return e
+        if pod.ref.uid and not pod.request.empty:
+            self.recent.put(pod, version)  # for bind, even without a resourceVersion
+        return pod
+
+
+def _identity(raw: Mapping[str, Any]) -> tuple[str, str]:
+    """``(uid, resourceVersion)`` of a Pod object, or empty strings."""
+    meta = raw.get("metadata")
+    if not isinstance(meta, Mapping):
+        return "", ""
+    uid, version = meta.get("uid"), meta.get("resourceVersion")
+    return (uid if isinstance(uid, str) else "", version if isinstance(version, str) else "")
 
 
 CONTEXT = web.AppKey("extender", Extender)

@@ -67,12 +67,12 @@ class LeaseElector:
         holder = self._holder or "nobody"
         return f"lease {self.namespace}/{self.name} is held by {holder}; this is {self.identity}"
 
-    def try_acquire_or_renew(self) -> bool:
-        """One round: take or renew the lease if possible. Blocking (API calls)."""
+    async def try_acquire_or_renew(self) -> bool:
+        """One round: take or renew the lease if possible."""
         now = self.clock()
         wall = _micro_time(self.wall_clock())
         try:
-            lease = self.api.request("GET", self.path)
+            lease = await self.api.request("GET", self.path)
         except ApiError as e:
             if e.status != 404:
                 log.warning("lease read failed lease=%s error=%r", self.name, str(e))
@@ -85,7 +85,7 @@ class LeaseElector:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": spec_new}
-            return self._write("POST", self.path.rsplit("/", 1)[0], body, now)
+            return await self._write("POST", self.path.rsplit("/", 1)[0], body, now)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime"), spec.get("acquireTime"),
@@ -103,11 +103,11 @@ class LeaseElector:
             new_spec["acquireTime"] = wall
             new_spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
         body = {**lease, "spec": new_spec}
-        return self._write("PUT", self.path, body, now)
+        return await self._write("PUT", self.path, body, now)
 
-    def _write(self, method: str, path: str, body: dict[str, Any], now: float) -> bool:
+    async def _write(self, method: str, path: str, body: dict[str, Any], now: float) -> bool:
         try:
-            self.api.request(method, path, body=body)
+            await self.api.request(method, path, body=body)
         except ApiError as e:
             log.info("lease not taken lease=%s identity=%s error=%r", self.name,
                      self.identity, str(e))
@@ -118,20 +118,20 @@ class LeaseElector:
         self._holder = self.identity
         return True
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Give the lease up (shutdown) so a standby need not wait for it to expire."""
         if self._renewed_at is None:
             return
         try:
-            lease = self.api.request("GET", self.path)
+            lease = await self.api.request("GET", self.path)
             spec = dict(lease.get("spec") or {})
             if spec.get("holderIdentity") != self.identity:
                 return
             spec.update(holderIdentity="", leaseDurationSeconds=1,
                         renewTime=_micro_time(self.wall_clock()))
-            self.api.request("PUT", self.path, body={**lease, "spec": spec})
+            await self.api.request("PUT", self.path, body={**lease, "spec": spec})
             log.info("lease released lease=%s identity=%s", self.name, self.identity)
-        except ApiError as e:
+        except (ApiError, TimeoutError) as e:
             log.warning("lease release failed lease=%s error=%r", self.name, str(e))
         finally:
             self._renewed_at = None
@@ -152,7 +152,10 @@ class LeaseElector:
         try:
             while not self._stopping.is_set():
                 try:
-                    await asyncio.to_thread(self.try_acquire_or_renew)
+                    # A round that hangs on the API server must not outlive the renew
+                    # deadline (client-go bounds its renewal the same way).
+                    async with asyncio.timeout(self.renew_deadline_s):
+                        await self.try_acquire_or_renew()
                 except Exception as e:
                     log.warning("lease round failed lease=%s error=%r", self.name, str(e))
                 now = self.is_leader()
@@ -167,4 +170,6 @@ class LeaseElector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.retry_period_s)
         finally:
-            await asyncio.to_thread(self.release)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.retry_period_s):
+                    await self.release()

@@ -145,7 +145,7 @@ def make_cluster(cfg: ExtenderConfig) -> Cluster:
             lease_duration_s=cfg.lease_duration_s, renew_deadline_s=cfg.renew_deadline_s,
             retry_period_s=cfg.retry_period_s,
         )
-    return KubeCluster(api, elector=elector, resource_names=cfg.resource_names)
+    return KubeCluster(api, elector=elector, resource_names=cfg.resource_names, close_api=True)
 
 
 def ssl_context(cfg: ExtenderConfig) -> ssl.SSLContext | None:

@@ -43,6 +43,11 @@ class Metrics:
         self.binds = Counter(
             "gputopo_extender_binds", "Bind outcomes: bound, retry (already bound), error.",
             ["result"], registry=r)
+        self.bind_phases = Histogram(
+            "gputopo_extender_bind_phase_seconds",
+            "Where a bind's time goes: lock (waiting for the node's lock), choose (the set "
+            "on fresh state), api (the Binding, or reading the pod when it was not seen in "
+            "filter).", ["phase"], buckets=_BUCKETS, registry=r)
         self.bind_conflicts = Counter(
             "gputopo_extender_bind_conflicts",
             "Binds whose node could no longer give a set on fresh state, or whose pod was "

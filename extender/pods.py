@@ -21,9 +21,10 @@ pod to the state, for the API-backed source and the in-memory one alike.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from extender.request import GpuRequest, PodRef, RequestError
 from extender.state import ClusterState, GpuSets, Holding
@@ -36,7 +37,7 @@ from topology.names import (
     TERMINAL_PHASES,
 )
 
-__all__ = ["Pod", "apply_pod", "decode_pod", "holding_from_pod"]
+__all__ = ["Pod", "RecentPods", "apply_pod", "decode_pod", "holding_from_pod"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,59 @@ def decode_pod(
     recorded, source = _recorded(annotations, ref, node)
     return Pod(ref=ref, request=request, node=node, terminal=phase in TERMINAL_PHASES,
                recorded=recorded, recorded_source=source)
+
+
+def _cost(pod: Pod) -> int:
+    """About what a remembered pod costs in memory (bytes)."""
+    return 600 + sum(200 + len(c.name) for c in pod.request.containers)
+
+
+class RecentPods:
+    """Pods seen in filter and prioritize, decoded, by UID: the most recent first to stay.
+
+    kube-scheduler sends the same pod to filter, then prioritize, then names it by UID
+    in bind: the pod is decoded and checked once (its ``resourceVersion`` says whether
+    the copy in a request is the one already decoded), and bind finds its GPU request
+    here without asking the API server. Bounded by count and by bytes.
+    """
+
+    #: Pods kept at most, and the bytes they may take.
+    MAX_PODS: Final = 10_000
+    MAX_BYTES: Final = 32 * 1024 * 1024
+
+    def __init__(self, *, max_pods: int = MAX_PODS, max_bytes: int = MAX_BYTES) -> None:
+        self._pods: OrderedDict[str, tuple[str, Pod]] = OrderedDict()
+        self._bytes = 0
+        self.max_pods = max_pods
+        self.max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def get(self, uid: str, resource_version: str | None = None) -> Pod | None:
+        """The pod of ``uid``; with ``resource_version``, only if it is that version."""
+        hit = self._pods.get(uid)
+        if hit is None or (resource_version is not None and hit[0] != resource_version):
+            return None
+        return hit[1]
+
+    def put(self, pod: Pod, resource_version: str) -> None:
+        uid = pod.ref.uid
+        if not uid:
+            return
+        old = self._pods.pop(uid, None)
+        if old is not None:
+            self._bytes -= _cost(old[1])
+        self._pods[uid] = (resource_version, pod)
+        self._bytes += _cost(pod)
+        while len(self._pods) > self.max_pods or self._bytes > self.max_bytes:
+            _, (_, dropped) = self._pods.popitem(last=False)
+            self._bytes -= _cost(dropped)
+
+    def forget(self, uid: str) -> None:
+        old = self._pods.pop(uid, None)
+        if old is not None:
+            self._bytes -= _cost(old[1])
 
 
 def holding_from_pod(pod: Mapping[str, Any], *, source_bind: bool = False) -> Holding | None:

@@ -11,6 +11,7 @@ The tests that restart components run last, in file order.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import time
 import urllib.request
@@ -152,6 +153,64 @@ def test_burst_of_mixed_sizes_never_gives_a_gpu_twice(cluster: LocalCluster, ns:
         truth = records[node][(ns, p["metadata"]["name"])]
         assert allocated(p) == truth, describe(cluster, ns, p["metadata"]["name"])
     assert sum(1 for p in cluster.pods(ns) if p["spec"].get("nodeName")) >= 10
+
+
+def _extender_post(cluster: LocalCluster, verb: str, body: dict[str, object]) -> dict:
+    req = urllib.request.Request(f"{cluster.extender_url}/{verb}",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def _unscheduled(cluster: LocalCluster, ns: str, name: str) -> dict:
+    """A GPU pod no scheduler serves: this test plays kube-scheduler's part itself."""
+    pod = gpu_pod(name, 2)
+    pod["spec"]["schedulerName"] = "e2e-played-by-the-test"
+    return create(cluster, ns, pod)
+
+
+def test_bind_is_one_write_of_node_and_set(cluster: LocalCluster, ns: str) -> None:
+    """The Binding carries the assigned set: no version of the pod has one without the
+    other (kube-apiserver merges the Binding's annotations as it sets nodeName)."""
+    pod = _unscheduled(cluster, ns, "atomic")
+    uid, rv = pod["metadata"]["uid"], pod["metadata"]["resourceVersion"]
+    args = {"Pod": pod, "Nodes": None, "NodeNames": ["gpu-a"]}
+    assert _extender_post(cluster, "filter", args)["NodeNames"] == ["gpu-a"]
+    answer = _extender_post(cluster, "bind", {"PodName": "atomic", "PodNamespace": ns,
+                                              "PodUID": uid, "Node": "gpu-a"})
+    assert answer == {"Error": ""}
+    # Every version of the pod since its creation, from the API server's own watch.
+    versions = cluster.api("GET", f"/api/v1/namespaces/{ns}/pods?watch=1&resourceVersion={rv}"
+                           f"&fieldSelector=metadata.name%3Datomic&timeoutSeconds=2", raw=True)
+    seen = [json.loads(line)["object"] for line in versions.splitlines() if line.strip()]
+    assert seen, "no pod versions after the bind"
+    for v in seen:
+        has_node = bool(v["spec"].get("nodeName"))
+        has_set = assigned(v) is not None
+        assert has_node == has_set, (v["metadata"]["resourceVersion"], has_node, has_set)
+    final = wait_allocated(cluster, ns, "atomic")
+    assert final["spec"]["nodeName"] == "gpu-a"
+    assert allocated(final) == assigned(final)
+
+
+def test_bind_of_a_recreated_pod_is_refused(cluster: LocalCluster, ns: str) -> None:
+    """Deleted and recreated under the same name between filter and bind: the Binding's
+    UID precondition refuses it, and neither pod is left holding GPUs."""
+    old = _unscheduled(cluster, ns, "again")
+    args = {"Pod": old, "Nodes": None, "NodeNames": ["gpu-a"]}
+    assert _extender_post(cluster, "filter", args)["NodeNames"] == ["gpu-a"]
+    cluster.api("DELETE", f"/api/v1/namespaces/{ns}/pods/again", {"gracePeriodSeconds": 0})
+    new = _unscheduled(cluster, ns, "again")
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    answer = _extender_post(cluster, "bind", {
+        "PodName": "again", "PodNamespace": ns, "PodUID": old["metadata"]["uid"],
+        "Node": "gpu-a"})
+    assert "recreated" in answer["Error"], answer
+    now = cluster.pod(ns, "again")
+    assert now["metadata"]["uid"] == new["metadata"]["uid"]
+    assert not now["spec"].get("nodeName") and assigned(now) is None
+    assert (ns, "again") not in extender_holders(cluster, ns)
 
 
 # -- restarts (last) ----------------------------------------------------------------------

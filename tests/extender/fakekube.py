@@ -1,20 +1,23 @@
 """An in-memory Kubernetes API server speaking raw JSON, for KubeCluster and the Lease.
 
 Enough of the API for the extender: pods (list/watch with the extender's field selector,
-get, merge patch with a uid precondition, binding), GPUTopology objects, Leases (with
-resourceVersion conflicts). Watches can be made to expire (410) to test resync.
+get, merge patch with a uid precondition, a Binding that merges its annotations and
+checks the pod's UID, as kube-apiserver's does), GPUTopology objects, Leases (with
+resourceVersion conflicts). Watches can be made to expire (410) to test resync. It
+implements ``extender.kubeapi.KubeApi`` on the event loop; the test helpers that change
+it (put_pod, ...) are plain calls that wake the watches.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import re
-import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from extender.kubeapi import ApiError, WatchExpired
+from extender.kubeapi import ApiError, KubeApi, WatchExpired
 
 _POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 _BINDING = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/binding$")
@@ -32,7 +35,8 @@ def _pod_selected(pod: Mapping[str, Any] | None) -> bool:
 
 class FakeKubeApi:
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.cond = contextlib.nullcontext()  # one thread: the event loop
+        self._waiters: list[asyncio.Future[None]] = []
         self.rv = 100
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.topologies: dict[str, dict[str, Any]] = {}
@@ -46,9 +50,20 @@ class FakeKubeApi:
         self.requests: list[tuple[str, str]] = []
         #: Errors to raise from the next requests (any path), in order.
         self.faults: list[Exception] = []
-        self.watch_wait_s = 0.05
 
     # -- helpers for tests ----------------------------------------------------------------
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def _changed(self, timeout: float) -> None:
+        w = asyncio.get_running_loop().create_future()
+        self._waiters.append(w)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(w, timeout)
+
     def _bump(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.rv += 1
         obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
@@ -71,7 +86,7 @@ class FakeKubeApi:
             kind = "MODIFIED" if name in self.topologies else "ADDED"
             self.topologies[name] = new
             self.events["gputopologies"].append((self.rv, kind, copy.deepcopy(new)))
-            self.cond.notify_all()
+            self._notify()
 
     def delete_topology(self, name: str) -> None:
         with self.cond:
@@ -79,13 +94,13 @@ class FakeKubeApi:
             self.rv += 1
             old["metadata"]["resourceVersion"] = str(self.rv)
             self.events["gputopologies"].append((self.rv, "DELETED", old))
-            self.cond.notify_all()
+            self._notify()
 
     def abort_watches(self) -> None:
         """Open watches end (without error) at their next wake-up."""
         with self.cond:
             self._aborted += 1
-            self.cond.notify_all()
+            self._notify()
 
     def expire_watches(self) -> None:
         """Every open watch ends with 410, and resuming from older versions fails too."""
@@ -93,7 +108,7 @@ class FakeKubeApi:
             self.rv += 1
             self.compacted = self.rv
             self._expire += 1
-            self.cond.notify_all()
+            self._notify()
 
     def _pod_changed(self, key: tuple[str, str], new: dict[str, Any] | None) -> None:
         old = self.pods.get(key)
@@ -110,11 +125,19 @@ class FakeKubeApi:
             kind = ("DELETED" if not after else "ADDED" if not before else "MODIFIED")
             obj = copy.deepcopy(new if new is not None and after else (new or old))
             self.events["pods"].append((self.rv, kind, obj))  # type: ignore[arg-type]
-        self.cond.notify_all()
+        self._notify()
 
     # -- KubeApi --------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
-                body: Any = None, content_type: str = "application/json") -> Any:
+    async def close(self) -> None:
+        self.abort_watches()
+
+    async def list(self, path: str, *, query: Mapping[str, str] | None = None
+                   ) -> tuple[list[dict[str, Any]], str]:
+        page = await self.request("GET", path, query=query)
+        return list(page["items"]), str(page["metadata"]["resourceVersion"])
+
+    async def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> Any:
         with self.cond:
             self.requests.append((method, path))
             if self.faults:
@@ -153,14 +176,19 @@ class FakeKubeApi:
         pod = self.pods.get((namespace, name))
         if pod is None:
             raise ApiError(404, f'pods "{name}" not found')
-        uid = ((body or {}).get("metadata") or {}).get("uid")
+        meta = (body or {}).get("metadata") or {}
+        uid = meta.get("uid")
         if uid and uid != pod["metadata"].get("uid"):
-            raise ApiError(409, "Precondition failed: UID")
+            raise ApiError(409, f"Operation cannot be fulfilled on pods/binding \"{name}\": "
+                                "Precondition failed: UID in precondition")
         if (pod.get("spec") or {}).get("nodeName"):
             raise ApiError(409, f"pod {name} is already assigned to node "
                                 f"{pod['spec']['nodeName']!r}")
         new = copy.deepcopy(pod)
         new.setdefault("spec", {})["nodeName"] = body["target"]["name"]
+        # kube-apiserver's BindingREST merges the Binding's annotations into the pod.
+        if meta.get("annotations"):
+            new["metadata"].setdefault("annotations", {}).update(meta["annotations"])
         self._pod_changed((namespace, name), self._bump(new))
         return {"kind": "Status", "status": "Success"}
 
@@ -184,25 +212,28 @@ class FakeKubeApi:
             return copy.deepcopy(self.leases[key])
         raise ApiError(405, method)
 
-    def watch(self, path: str, *, query: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+    async def watch(self, path: str, *, query: Mapping[str, str], timeout_s: float = 300.0
+                    ) -> AsyncIterator[dict[str, Any]]:
         kind = "pods" if path == "/api/v1/pods" else "gputopologies"
         since = int(query.get("resourceVersion") or 0)
-        deadline = time.monotonic() + float(query.get("timeoutSeconds", 1))
-        with self.cond:
-            if since < self.compacted:
-                raise WatchExpired(f"too old resource version: {since}")
-            generation = self._expire
-            aborted = self._aborted
-        while time.monotonic() < deadline:
-            with self.cond:
-                if self._aborted != aborted:
-                    return
-                if self._expire != generation:
-                    raise WatchExpired("watch expired")
-                pending = [e for e in self.events[kind] if e[0] > since]
-                if not pending:
-                    self.cond.wait(self.watch_wait_s)
-                    continue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if since < self.compacted:
+            raise WatchExpired(f"too old resource version: {since}")
+        generation = self._expire
+        aborted = self._aborted
+        while loop.time() < deadline:
+            if self._aborted != aborted:
+                return
+            if self._expire != generation:
+                raise WatchExpired("watch expired")
+            pending = [e for e in self.events[kind] if e[0] > since]
+            if not pending:
+                await self._changed(deadline - loop.time())
+                continue
             for rv, kind_, obj in pending:
                 since = rv
                 yield {"type": kind_, "object": copy.deepcopy(obj)}
+
+
+_: type[KubeApi] = FakeKubeApi

@@ -1,16 +1,17 @@
 """One contract for every ClusterState source: in memory, a fake API server, a real one.
 
-The real API server runs only when GPUTOPO_TEST_KUBECONFIG names a kubeconfig (a kind or
-k3d cluster will do); the suite then creates a namespace, the GPUTopology CRD if it is
-missing, GPUTopology objects for fake node names and pods bound to them, and deletes
+The real API server is the end-to-end harness's control plane (kube-apiserver built from
+the k8s.io/kubernetes module, see tests/conftest.py), or any cluster that
+GPUTOPO_TEST_KUBECONFIG names; the suite creates a namespace, the GPUTopology CRD if it
+is missing, GPUTopology objects for fake node names and pods bound to them, and deletes
 them all at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -31,8 +32,6 @@ from .fakekube import FakeKubeApi
 from .helpers import gpu_pod
 from .helpers import until as until_events
 
-KUBECONFIG = os.environ.get("GPUTOPO_TEST_KUBECONFIG")
-
 
 def ids(*indices: int) -> str:
     return json.dumps({"main": [stable_gpu_uuid(i) for i in indices]})
@@ -49,27 +48,27 @@ class MemoryDriver:
         self.live: list[MemoryCluster] = []
         self.namespace = "default"
 
-    def add_topology(self, node: str, name: str) -> None:
+    async def add_topology(self, node: str, name: str) -> None:
         self.topologies[node] = preset(name)
         for c in self.live:
             c.set_topology(node, preset(name))
 
-    def delete_topology(self, node: str) -> None:
+    async def delete_topology(self, node: str) -> None:
         del self.topologies[node]
         for c in self.live:
             c.remove_node(node)
 
-    def add_pod(self, pod: dict[str, Any]) -> None:
+    async def add_pod(self, pod: dict[str, Any]) -> None:
         self.pods[pod["metadata"]["uid"]] = pod
         for c in self.live:
             c.put_pod(pod)
 
-    def set_phase(self, pod: dict[str, Any], phase: str) -> None:
+    async def set_phase(self, pod: dict[str, Any], phase: str) -> None:
         pod["status"]["phase"] = phase
         for c in self.live:
             c.set_phase(pod["metadata"]["uid"], phase)
 
-    def delete_pod(self, pod: dict[str, Any]) -> None:
+    async def delete_pod(self, pod: dict[str, Any]) -> None:
         del self.pods[pod["metadata"]["uid"]]
         for c in self.live:
             c.delete_pod(pod["metadata"]["uid"])
@@ -99,19 +98,19 @@ class KubeDriver:
     def node(self, node: str) -> str:
         return f"{node}-{self.suffix}"
 
-    def add_topology(self, node: str, name: str) -> None:
+    async def add_topology(self, node: str, name: str) -> None:
         self.nodes.append(node)
         obj = gputopology_object(self.node(node), preset(name))
         if isinstance(self.api, FakeKubeApi):
             self.api.put_topology(obj)
         else:
-            self.api.request("POST", GPUTOPOLOGY_PATH, body=obj)
+            await self.api.request("POST", GPUTOPOLOGY_PATH, body=obj)
 
-    def delete_topology(self, node: str) -> None:
+    async def delete_topology(self, node: str) -> None:
         if isinstance(self.api, FakeKubeApi):
             self.api.delete_topology(self.node(node))
         else:
-            self.api.request("DELETE", f"{GPUTOPOLOGY_PATH}/{self.node(node)}")
+            await self.api.request("DELETE", f"{GPUTOPOLOGY_PATH}/{self.node(node)}")
 
     def _real(self, pod: dict[str, Any]) -> dict[str, Any]:
         p = json.loads(json.dumps(pod))
@@ -120,31 +119,31 @@ class KubeDriver:
             p["spec"]["nodeName"] = self.node(p["spec"]["nodeName"])
         return p
 
-    def add_pod(self, pod: dict[str, Any]) -> None:
+    async def add_pod(self, pod: dict[str, Any]) -> None:
         p = self._real(pod)
         if isinstance(self.api, FakeKubeApi):
             self.api.put_pod(p)
             return
         p["metadata"].pop("uid")
         p.pop("status", None)
-        made = self.api.request("POST", f"/api/v1/namespaces/{self.namespace}/pods", body=p)
+        made = await self.api.request("POST", f"/api/v1/namespaces/{self.namespace}/pods", body=p)
         pod["metadata"]["uid"] = made["metadata"]["uid"]
 
-    def set_phase(self, pod: dict[str, Any], phase: str) -> None:
+    async def set_phase(self, pod: dict[str, Any], phase: str) -> None:
         pod["status"]["phase"] = phase
         if isinstance(self.api, FakeKubeApi):
             self.api.put_pod(self._real(pod))
             return
-        self.api.request(
+        await self.api.request(
             "PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}/status",
             body={"status": {"phase": phase}}, content_type="application/merge-patch+json")
 
-    def delete_pod(self, pod: dict[str, Any]) -> None:
+    async def delete_pod(self, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
         if isinstance(self.api, FakeKubeApi):
             self.api.delete_pod(self.namespace, name)
             return
-        self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{name}",
+        await self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{name}",
                          query={"gracePeriodSeconds": "0"})
 
     async def new_cluster(self) -> Cluster:
@@ -160,34 +159,51 @@ class KubeDriver:
             return
         for node in self.nodes:
             with contextlib.suppress(ApiError):  # already deleted by the test
-                self.api.request("DELETE", f"{GPUTOPOLOGY_PATH}/{self.node(node)}")
-        self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}")
+                await self.api.request("DELETE", f"{GPUTOPOLOGY_PATH}/{self.node(node)}")
+        await self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}")
+        await self.api.close()
 
 
-def _real_driver() -> KubeDriver:
-    api = load_api(kubeconfig=KUBECONFIG, in_cluster=False)
+async def _real_driver(kubeconfig: str) -> KubeDriver:
+    api = load_api(kubeconfig=kubeconfig, in_cluster=False)
     namespace = f"gputopo-test-{uuid.uuid4().hex[:6]}"
-    api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    await api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    # Pods need the namespace's default ServiceAccount (the controller-manager makes it).
+    await _poll_until(api, f"/api/v1/namespaces/{namespace}/serviceaccounts/default",
+                      lambda obj: True)
     try:
-        api.request("GET", GPUTOPOLOGY_PATH)
+        await api.request("GET", GPUTOPOLOGY_PATH)
     except ApiError:
-        api.request("POST", _CRDS, body=_CRD)
-        _wait_established(api)
+        await api.request("POST", _CRDS, body=_CRD)
+        await _wait_established(api)
     return KubeDriver(api, "kubernetes", namespace)
 
 
 _CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
-def _wait_established(api: KubeApi) -> None:
+async def _wait_established(api: KubeApi) -> None:
     """Watch the CRD until the API server says it is Established (it serves the kind)."""
-    query = {"fieldSelector": "metadata.name=gputopologies.gputopo.io", "timeoutSeconds": "60"}
-    for event in api.watch(_CRDS, query=query):
-        conditions = ((event.get("object") or {}).get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Established" and c.get("status") == "True"
-               for c in conditions):
-            return
-    raise AssertionError("the GPUTopology CRD did not become Established")
+    def established(obj: dict[str, Any]) -> bool:
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Established" and c.get("status") == "True"
+                   for c in conditions)
+
+    await _poll_until(api, f"{_CRDS}/gputopologies.gputopo.io", established)
+
+
+async def _poll_until(api: KubeApi, path: str, ready: Callable[[dict[str, Any]], bool],
+                      timeout: float = 60) -> None:
+    """Read the object at ``path`` until ``ready(object)`` (a set-up step of a real API
+    server's controllers, polled: a watch of a quiet kind can stall on etcd 3.4)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        with contextlib.suppress(ApiError):
+            if ready(await api.request("GET", path)):
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path}: not ready after {timeout:g}s")
 
 
 _CRD = {
@@ -204,9 +220,8 @@ _CRD = {
 SOURCES = [
     pytest.param("memory", id="memory"),
     pytest.param("fake-api", id="fake-api"),
-    pytest.param("kubernetes", id="kubernetes", marks=pytest.mark.skipif(
-        not KUBECONFIG, reason="set GPUTOPO_TEST_KUBECONFIG to a kubeconfig to run the "
-                               "contract against a real API server")),
+    # GPUTOPO_TEST_KUBECONFIG, else the end-to-end harness's own control plane.
+    pytest.param("kubernetes", id="kubernetes"),
 ]
 
 
@@ -217,7 +232,7 @@ async def driver(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     elif request.param == "fake-api":
         d = KubeDriver(FakeKubeApi(), "fake-api", "default")
     else:
-        d = _real_driver()
+        d = await _real_driver(request.getfixturevalue("real_kubeconfig"))
     try:
         yield d
     finally:
@@ -244,9 +259,9 @@ def has(cluster: Cluster, driver: Any, node: str) -> bool:
     return name in cluster.state.nodes
 
 
-def seed(driver: Any) -> dict[str, dict[str, Any]]:
-    driver.add_topology("n1", "hgx-h100")
-    driver.add_topology("n2", "dgx1-v100")
+async def seed(driver: Any) -> dict[str, dict[str, Any]]:
+    await driver.add_topology("n1", "hgx-h100")
+    await driver.add_topology("n2", "dgx1-v100")
     pods = {
         "a": gpu_pod("a", gpus=2, node="n1", uid="uid-a",
                      annotations={ASSIGNED_GPUS_ANNOTATION: ids(0, 1)}),
@@ -260,12 +275,12 @@ def seed(driver: Any) -> dict[str, dict[str, Any]]:
                      annotations={ASSIGNED_GPUS_ANNOTATION: ids(4, 5, 6, 7)}),
     }
     for p in pods.values():
-        driver.add_pod(p)
+        await driver.add_pod(p)
     return pods
 
 
 async def test_sync_reads_what_pods_hold(driver: Any) -> None:
-    seed(driver)
+    await seed(driver)
     cluster = await driver.new_cluster()
     await until(cluster, lambda: cluster.readiness()[0])
     assert free(cluster, driver, "n1") == [2, 4, 5, 6, 7]
@@ -273,28 +288,28 @@ async def test_sync_reads_what_pods_hold(driver: Any) -> None:
 
 
 async def test_changes_are_followed(driver: Any) -> None:
-    pods = seed(driver)
+    pods = await seed(driver)
     cluster = await driver.new_cluster()
     await until(cluster, lambda: cluster.readiness()[0])
     e = gpu_pod("e", gpus=2, node="n1", uid="uid-e",
                 annotations={ASSIGNED_GPUS_ANNOTATION: ids(6, 7)})
-    driver.add_pod(e)
+    await driver.add_pod(e)
     await until(cluster, lambda: free(cluster, driver, "n1") == [2, 4, 5])
-    driver.set_phase(pods["a"], "Succeeded")
+    await driver.set_phase(pods["a"], "Succeeded")
     await until(cluster, lambda: free(cluster, driver, "n1") == [0, 1, 2, 4, 5])
-    driver.delete_pod(e)
+    await driver.delete_pod(e)
     await until(cluster, lambda: free(cluster, driver, "n1") == [0, 1, 2, 4, 5, 6, 7])
-    driver.delete_topology("n2")
+    await driver.delete_topology("n2")
     await until(cluster, lambda: not has(cluster, driver, "n2"))
-    driver.add_topology("n3", "gb200-4gpu")
+    await driver.add_topology("n3", "gb200-4gpu")
     await until(cluster, lambda: free(cluster, driver, "n3") == [0, 1, 2, 3])
 
 
 async def test_a_restart_rebuilds_everything(driver: Any) -> None:
-    pods = seed(driver)
+    pods = await seed(driver)
     first = await driver.new_cluster()
     await until(first, lambda: first.readiness()[0])
-    driver.delete_pod(pods["d"])
+    await driver.delete_pod(pods["d"])
     await until(first, lambda: free(first, driver, "n2") == list(range(8)))
     second = await driver.new_cluster()
     await until(second, lambda: second.readiness()[0])
@@ -304,9 +319,9 @@ async def test_a_restart_rebuilds_everything(driver: Any) -> None:
 
 
 async def test_assign_and_bind_write_the_pod(driver: Any) -> None:
-    driver.add_topology("n1", "hgx-h100")
+    await driver.add_topology("n1", "hgx-h100")
     pod = gpu_pod("w", gpus=2, uid="uid-w")
-    driver.add_pod(pod)
+    await driver.add_pod(pod)
     cluster = await driver.new_cluster()
     await until(cluster, lambda: cluster.readiness()[0])
     ns, uid = driver.namespace, pod["metadata"]["uid"]

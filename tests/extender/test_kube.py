@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -114,55 +113,55 @@ def electors(api: FakeKubeApi, clock: Clock) -> tuple[LeaseElector, LeaseElector
     return make("a"), make("b")
 
 
-def test_one_leader_at_a_time_and_failover_after_the_lease_expires() -> None:
+async def test_one_leader_at_a_time_and_failover_after_the_lease_expires() -> None:
     api, clock = FakeKubeApi(), Clock()
     a, b = electors(api, clock)
-    assert a.try_acquire_or_renew() and a.is_leader()
-    assert not b.try_acquire_or_renew() and not b.is_leader()
+    assert await a.try_acquire_or_renew() and a.is_leader()
+    assert not await b.try_acquire_or_renew() and not b.is_leader()
     assert "held by a" in b.describe()
     clock.now += 5
-    assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
+    assert await a.try_acquire_or_renew() and not await b.try_acquire_or_renew()
     # a stops renewing (crashed, partitioned): b waits a full lease duration since it
     # last saw the record change, then takes over; a no longer calls itself leader.
     clock.now += 11
     assert not a.is_leader()
-    assert not b.try_acquire_or_renew()
+    assert not await b.try_acquire_or_renew()
     clock.now += 5
-    assert b.try_acquire_or_renew() and b.is_leader()
+    assert await b.try_acquire_or_renew() and b.is_leader()
     lease = api.leases[("kube-system", "gputopo-extender")]
     assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
     # a comes back: the lease is b's
-    assert not a.try_acquire_or_renew()
+    assert not await a.try_acquire_or_renew()
 
 
-def test_release_lets_the_standby_take_over_at_once() -> None:
+async def test_release_lets_the_standby_take_over_at_once() -> None:
     api, clock = FakeKubeApi(), Clock()
     a, b = electors(api, clock)
-    assert a.try_acquire_or_renew()
-    assert not b.try_acquire_or_renew()
-    a.release()
+    assert await a.try_acquire_or_renew()
+    assert not await b.try_acquire_or_renew()
+    await a.release()
     assert not a.is_leader()
-    assert b.try_acquire_or_renew()
+    assert await b.try_acquire_or_renew()
 
 
 class RacingApi(FakeKubeApi):
     """Another candidate writes the Lease between our read and our write."""
 
-    def request(self, method: str, path: str, **kw: object) -> object:
+    async def request(self, method: str, path: str, **kw: object) -> object:
         if method == "PUT" and "/leases/" in path:
             lease = self.leases[("kube-system", "gputopo-extender")]
             lease["metadata"]["resourceVersion"] = "written-by-someone-else"
-        return super().request(method, path, **kw)  # type: ignore[arg-type]
+        return await super().request(method, path, **kw)  # type: ignore[arg-type]
 
 
-def test_a_write_on_a_stale_lease_loses() -> None:
+async def test_a_write_on_a_stale_lease_loses() -> None:
     api, clock = RacingApi(), Clock()
     a, b = electors(api, clock)
-    assert a.try_acquire_or_renew()  # created with POST
-    assert not b.try_acquire_or_renew()  # b sees a's lease
+    assert await a.try_acquire_or_renew()  # created with POST
+    assert not await b.try_acquire_or_renew()  # b sees a's lease
     clock.now += 20
     # b's takeover PUT carries a resourceVersion that is no longer current: 409, no lead
-    assert not b.try_acquire_or_renew() and not b.is_leader()
+    assert not await b.try_acquire_or_renew() and not b.is_leader()
 
 
 async def test_standby_is_not_ready_and_refuses_binds() -> None:
@@ -170,7 +169,7 @@ async def test_standby_is_not_ready_and_refuses_binds() -> None:
     api.put_topology(gputopology_object("n1", preset("hgx-h100")))
     clock = Clock()
     holder, _ = electors(api, clock)
-    assert holder.try_acquire_or_renew()
+    assert await holder.try_acquire_or_renew()
     standby = LeaseElector(api, name="gputopo-extender", namespace="kube-system",
                            identity="standby", retry_period_s=0.05, renew_deadline_s=0.1,
                            lease_duration_s=60)
@@ -187,7 +186,7 @@ async def test_standby_is_not_ready_and_refuses_binds() -> None:
 
 
 async def test_api_client_speaks_http_with_the_kubeconfig_credentials(tmp_path: Path) -> None:
-    """ApiClientKube over a real HTTP server: auth, JSON bodies, errors, watch, 410."""
+    """AsyncKubeApi over a real HTTP server: auth, JSON bodies, errors, watch, 410."""
     seen: list[tuple[str, str, str | None, str | None]] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -218,22 +217,19 @@ async def test_api_client_speaks_http_with_the_kubeconfig_credentials(tmp_path: 
             "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
         }))
         api = load_api(kubeconfig=str(kubeconfig), in_cluster=False)
-        got = await asyncio.to_thread(api.request, "PATCH", "/api/v1/namespaces/d/pods/p",
-                                      body={"metadata": {"uid": "u"}},
-                                      content_type="application/merge-patch+json")
+        got = await api.request("PATCH", "/api/v1/namespaces/d/pods/p",
+                                body={"metadata": {"uid": "u"}},
+                                content_type="application/merge-patch+json")
         assert got["method"] == "PATCH" and json.loads(got["body"]) == {"metadata": {"uid": "u"}}
         with pytest.raises(ApiError) as e:
-            await asyncio.to_thread(api.request, "GET", "/api/v1/namespaces/d/pods/missing")
+            await api.request("GET", "/api/v1/namespaces/d/pods/missing")
         assert e.value.status == 404 and "not found" in str(e.value)
 
-        def drain() -> list[dict]:
-            out = []
-            with pytest.raises(WatchExpired):
-                for event in api.watch("/api/v1/pods", query={"resourceVersion": "5"}):
-                    out.append(event)
-            return out
-
-        events = await asyncio.to_thread(drain)
+        events = []
+        with pytest.raises(WatchExpired):
+            async for event in api.watch("/api/v1/pods", query={"resourceVersion": "5"}):
+                events.append(event)
+        await api.close()
     assert events == [{"type": "ADDED", "object": {"metadata": {"name": "x"}}}]
     assert all(auth == "Bearer t0k" for _, _, auth, _ in seen)
     assert seen[0][3] == "application/merge-patch+json"

@@ -3,12 +3,9 @@ against an API server over real HTTP, and kube-scheduler-like calls over real HT
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
@@ -26,12 +23,7 @@ from .helpers import gpu_pod, serving, serving_app, until
 
 
 def api_server(fake: FakeKubeApi) -> web.Application:
-    """FakeKubeApi behind HTTP, as the kubernetes client talks to an API server.
-
-    Blocking watch steps run on a pool of their own, so they never starve the default
-    executor that the extender (on the same event loop) uses for its API calls.
-    """
-    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fake-apiserver")
+    """FakeKubeApi behind HTTP, as the extender's client talks to an API server."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         assert request.headers.get("Authorization") == "Bearer test-token"
@@ -39,38 +31,27 @@ def api_server(fake: FakeKubeApi) -> web.Application:
         body = json.loads(raw) if raw else None
         query = dict(request.query)
         if query.pop("watch", None) == "true":
-            # like an API server ending watches early: the client must watch again
-            query["timeoutSeconds"] = "1"
+            query.pop("timeoutSeconds", None)
             resp = web.StreamResponse()
             await resp.prepare(request)
-            it: Iterator[dict[str, Any]] = fake.watch(request.path, query=query)
-
-            def step() -> dict[str, Any] | None:
-                try:
-                    return next(it, None)
-                except WatchExpired as e:
-                    return {"type": "ERROR", "object": {"code": 410, "message": str(e)}}
-
-            loop = asyncio.get_running_loop()
-            while (event := await loop.run_in_executor(pool, step)) is not None:
-                await resp.write(json.dumps(event).encode() + b"\n")
-                if event["type"] == "ERROR":
-                    break
+            try:
+                # like an API server ending watches early: the client must watch again
+                async for event in fake.watch(request.path, query=query, timeout_s=1):
+                    await resp.write(json.dumps(event).encode() + b"\n")
+            except WatchExpired as e:
+                error = {"type": "ERROR", "object": {"code": 410, "message": str(e)}}
+                await resp.write(json.dumps(error).encode() + b"\n")
             await resp.write_eof()
             return resp
         try:
-            result = fake.request(request.method, request.path, query=query, body=body)
+            result = await fake.request(request.method, request.path, query=query, body=body)
         except ApiError as e:
             return web.json_response({"kind": "Status", "code": e.status,
                                       "message": str(e)}, status=e.status)
         return web.json_response(result)
 
-    async def close_pool(_: web.Application) -> None:
-        pool.shutdown(wait=False, cancel_futures=True)
-
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    app.on_cleanup.append(close_pool)
     return app
 
 
@@ -124,6 +105,10 @@ async def test_api_mode_filters_binds_and_elects_a_leader(tmp_path: Path) -> Non
                 assert await r.json() == {"Error": ""}
             stored = fake.pods[("default", "trainer")]
             assert stored["spec"]["nodeName"] == "gpu-a"
+            # One write: the Binding carried the set; the pod was neither read nor patched.
+            pod_path = "/api/v1/namespaces/default/pods/trainer"
+            assert [r for r in fake.requests if r[1].startswith(pod_path)] == [
+                ("POST", pod_path + "/binding")]
             sets = decode_gpu_sets(ASSIGNED_GPUS_ANNOTATION,
                                    stored["metadata"]["annotations"][ASSIGNED_GPUS_ANNOTATION])
             assert len(sets["main"]) == 4

@@ -63,24 +63,24 @@ def _lease(account: str, verb: str, module: str, call: str, *, named: bool) -> U
 
 USES: tuple[Use, ...] = (
     # -- the extender ------------------------------------------------------------------
-    # The bind's fallback read: a Binding that conflicts is checked against the pod.
-    # (On this branch extender/kube.py still PATCHes the pod's assigned-gpus before the
-    # Binding; issue 11 makes the bind one POST of pods/binding carrying the annotation,
-    # so pods patch is deliberately not granted.)
+    # The bind is one POST of pods/binding that carries the assigned-gpus annotation (no
+    # pods patch). Pods are read only when a Binding conflicts (a retry, or a recreated
+    # pod) and when a bind names a pod this process did not see in filter.
     Use(account=EXTENDER, group=CORE, resource="pods", verb="get",
-        module="extender/kube.py", call='"GET", f"/api/v1/namespaces/{ref.namespace}/pods/{ref.name}"'),
+        module="extender/kube.py",
+        call='"GET", f"/api/v1/namespaces/{ref.namespace}/pods/{ref.name}"'),
     Use(account=EXTENDER, group=CORE, resource="pods", verb="list",
         module="extender/kube.py", call='PODS_PATH: Final = "/api/v1/pods"'),
     Use(account=EXTENDER, group=CORE, resource="pods", verb="watch",
         module="extender/kube.py", call="self.api.watch(path"),
     Use(account=EXTENDER, group=CORE, resource="pods/binding", verb="create",
-        module="extender/kube.py", call="/pods/{name}/binding"),
+        module="extender/kube.py", call="/pods/{ref.name}/binding"),
     Use(account=EXTENDER, group=GPUTOPO, resource="gputopologies", verb="list",
-        module="extender/kube.py", call='self._follow("gputopologies", GPUTOPOLOGY_PATH'),
+        module="extender/kube.py", call='"gputopologies", GPUTOPOLOGY_PATH, {}'),
     Use(account=EXTENDER, group=GPUTOPO, resource="gputopologies", verb="watch",
-        module="extender/kube.py", call='self._follow("gputopologies", GPUTOPOLOGY_PATH'),
+        module="extender/kube.py", call='"gputopologies", GPUTOPOLOGY_PATH, {}'),
     _lease(EXTENDER, "create", "extender/leader.py", 'self._write("POST"', named=False),
-    _lease(EXTENDER, "get", "extender/leader.py", 'self.api.request("GET", self.path)',
+    _lease(EXTENDER, "get", "extender/leader.py", 'await self.api.request("GET", self.path)',
            named=True),
     _lease(EXTENDER, "update", "extender/leader.py", 'self._write("PUT", self.path',
            named=True),
