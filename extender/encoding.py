@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from itertools import compress
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
@@ -126,8 +127,20 @@ def _members(names: list[str], fragments: list[str]) -> list[str]:
 
 # -- prioritize --------------------------------------------------------------------------
 def host_priorities(names: list[str], values: list[int]) -> list[HostPriority]:
-    """The plain HostPriorityList (the oracle of :func:`scores_body`)."""
-    return [{"Host": n, "Score": s} for n, s in zip(names, values, strict=True)]
+    """The plain HostPriorityList of what the scheduler is sent (the oracle of
+    :func:`scores_body`): every score less the lowest, and only the hosts above it.
+
+    kube-scheduler adds ``score x weight x 10`` to each listed host's total and nothing
+    to a host left out, so taking the same number off every candidate changes none of
+    its choices, while the list it decodes (on its scheduling cycle) is only as long as
+    the hosts that rank above the worst: on a large cluster most of them tie there.
+
+    >>> host_priorities(["a", "b", "c"], [7, 5, 5])
+    [{'Host': 'a', 'Score': 2}]
+    """
+    floor = min(values, default=0)
+    return [{"Host": n, "Score": s - floor} for n, s in zip(names, values, strict=True)
+            if s > floor]
 
 
 # The HostPriorityList is written as: '[{"Host":"' name tail name tail ... where a tail
@@ -152,6 +165,13 @@ def host_priorities_body(names: list[str], tails: list[str]) -> bytes:
 
 def scores_body(names: list[str], values: list[int]) -> bytes:
     """The HostPriorityList of any names: the bytes of ``json_bytes(host_priorities(...))``."""
+    floor = min(values, default=0)
+    if floor:
+        values = [v - floor for v in values]
+    keep = bytes(map(bool, values))
+    if keep.count(0):
+        names = list(compress(names, keep))
+        values = list(compress(values, keep))
     plain = names if plain_names(names) else escape_names(names)
     return host_priorities_body(plain, list(map(SCORE_TAILS.__getitem__, values)))
 

@@ -28,6 +28,11 @@ it breaks the least: an orphan GPU before the half of an NVLink pair.
 Nodes that cannot take the pod, or have no known topology, score 0; a pod without GPUs
 scores 0 everywhere (the extender adds nothing). The scheduler adds
 ``score × weight × 10`` to its own total.
+
+On the wire (``extender.encoding.host_priorities``) every score is sent less the lowest
+among the candidates, and hosts at that lowest are left out: the scheduler adds nothing
+for a host not listed, so its choice is the same, and the list it decodes on its
+scheduling cycle is as long as the hosts that rank above the worst only.
 """
 
 from __future__ import annotations
@@ -43,10 +48,7 @@ from extender.context import Extender
 from extender.decisions import Answer, Decisions, Key
 from extender.encoding import (
     SCORE_TAILS,
-    escape_names,
     host_priorities,
-    host_priorities_body,
-    plain_names,
     scores_body,
 )
 from extender.plan import Plan, Verdict
@@ -216,11 +218,10 @@ def answer(decisions: Decisions, request: GpuRequest, names: list[str]) -> Answe
         return Answer(body=encode(names, values),
                       counts=Top(index=0 if names else -1, score=0))
     keys, distinct, ranked = _rank(decisions, request, names)
-    tails = list(map(ranked.tails.__getitem__, keys))
+    values = list(map(ranked.scores.__getitem__, keys))
     best = max(map(ranked.scores.__getitem__, distinct), default=0)
-    top = tails.index(SCORE_TAILS[best]) if tails else -1
-    plain = names if plain_names(names) else escape_names(names)
-    return Answer(body=host_priorities_body(plain, tails), counts=Top(index=top, score=best))
+    top = values.index(best) if values else -1
+    return Answer(body=scores_body(names, values), counts=Top(index=top, score=best))
 
 
 async def handle(ext: Extender, data: Any) -> web.Response:

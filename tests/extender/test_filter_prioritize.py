@@ -191,9 +191,11 @@ def test_prioritize_without_gpus_is_equal_everywhere() -> None:
 
 @pytest.mark.parametrize("names", [["a", "b.c-1"], ['we"ird', "\\x"], []])
 def test_prioritize_encode_is_valid_json(names: list[str]) -> None:
-    values = list(range(len(names)))
+    values = [v + 3 for v in range(len(names))]
     data: Any = json.loads(prioritize.encode(names, values))
-    assert data == [{"Host": n, "Score": v} for n, v in zip(names, values, strict=True)]
+    # Sent less the lowest score, the hosts at the lowest left out (they add nothing).
+    assert data == [{"Host": n, "Score": v - 3}
+                    for n, v in zip(names, values, strict=True) if v > 3]
 
 
 def test_normalize_rounds_half_up_and_clamps() -> None:
