@@ -336,6 +336,8 @@ def _app(short_tmp: Path, **cfg: Any) -> PluginApp:
 def test_the_app_checks_the_cache_only_with_an_api_server_and_a_wait(short_tmp: Path) -> None:
     app = _app(short_tmp)
     assert app.catch_up is not None and app.catch_up.max_wait == 0.5
+    # Not started: its pod watch does not deliver yet, and the gauge says so.
+    assert app.metrics.registry.get_sample_value("gputopo_plugin_pod_watch_live") == 0
     assert app.servicer.catch_up is app.catch_up and app.catch_up.cache is app.pods
     assert _app(short_tmp, pod_cache_wait_seconds=0).catch_up is None
     assert _app(short_tmp, standalone=True).catch_up is None
