@@ -10,14 +10,25 @@ GetPreferredAllocation requests (random free GPUs, size and sometimes a must-inc
 GPU, as the kubelet asks) and, interleaved one for one, the floor: GetDevicePluginOptions,
 an empty unary call on the same server in the same run. Cases:
 
-* ``api reachable``: the pod cache and the reconciler read an in-memory cluster with 40
-  pods bound to the node (4 still waiting for their assigned sets), and a kubelet record;
+* ``api reachable``: the pod cache reads an in-memory cluster with the node's pods: 36
+  holding their assigned GPUs, 4 still waiting for their assigned sets, and 8 waiting
+  pods the extender did not place, one for each size the kubelet may ask (the kubelet
+  only asks for pods it has, and an in-sync cache knows them). This process serves the
+  kubelet's PodResources on a unix socket, listing the same pods;
 * ``api unreachable``: the API server is a dead address (127.0.0.1, a closed port) and the
   kubelet's PodResources socket is missing, so the pod watch, the publisher and the
   reconciler fail and retry on their real intervals while the kubelet calls come in;
-* ``streams open``: as ``api reachable``, with ``--streams`` ListAndWatch streams open.
+* ``streams open``: as ``api reachable``, with ``--streams`` ListAndWatch streams open;
+* ``cache checked``: as ``api reachable`` without the 8 pods the extender did not place,
+  so a request no assigned set fits (most) is for no pod the cache knows: the plugin asks
+  the kubelet's PodResources which pods it has before answering (it finds none missing,
+  so none waits). This is the price of that check, paid only when the cache knows no pod
+  the request can be for; it is shown, not held to the goal.
 
-Prints a markdown table: p50 and p99 of each, and p99 / floor p99 (the goal: within 2x).
+Prints a markdown table: p50 and p99 of each, p99 / floor p99 (the goal: within 2x in
+the first three cases), and how many PodResources Lists the kubelet's side answered
+during the timed calls (the plugin's checks of its pod cache; the reconciler reads it
+every 30 s besides).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,38 +52,70 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from topology.gpuids import stable_gpu_uuid
 
-CASES = ("api reachable", "api unreachable", "streams open")
+CASES = ("api reachable", "api unreachable", "streams open", "cache checked")
+#: The cases held to the goal (the last one shows what a check of the pod cache costs).
+GOAL_CASES = CASES[:3]
 PRESET = "dgx1-v100"
 GPUS = [stable_gpu_uuid(i) for i in range(8)]
 NODE = "bench-node"
+POD_RESOURCES = "pod-resources.sock"
 GOAL = 2.0
 
 
 # --- the plugin, in a child process ------------------------------------------------------
 
 
-def _cluster_with_pods() -> tuple[Any, dict[tuple[str, str], dict[str, tuple[str, ...]]]]:
-    """An in-memory API server with 40 pods on the node, and the kubelet's record of them."""
+def _pods(case: str) -> list[tuple[str, list[str] | int, bool]]:
+    """The node's pods: name, the assigned GPUs (or, for a pod the extender did not place,
+    how many it asks for), and whether the kubelet has allocated them."""
+    rng = random.Random(1)
+    pods: list[tuple[str, list[str] | int, bool]] = [
+        (f"pod-{k}", sorted(rng.sample(GPUS, rng.choice((1, 2, 4)))), k >= 4)
+        for k in range(40)]
+    if case != "cache checked":
+        pods += [(f"unplaced-{n}", n, False) for n in range(1, len(GPUS) + 1)]
+    return pods
+
+
+def _cluster_with_pods(case: str) -> Any:
+    """An in-memory API server with the node's pods."""
     from plugin.cluster import PodInfo
     from tests.plugin.fakes import InMemoryCluster
     from topology.handoff import encode_gpu_sets
-    from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
+    from topology.names import (
+        ALLOCATED_GPUS_ANNOTATION,
+        ASSIGNED_GPUS_ANNOTATION,
+        DEFAULT_RESOURCE_NAME,
+    )
 
     cluster = InMemoryCluster()
     cluster.add_node(NODE)
-    rng = random.Random(1)
-    record: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
-    for k in range(40):
-        gpus = sorted(rng.sample(GPUS, rng.choice((1, 2, 4))))
-        done = k >= 4  # the first 4 still wait for the kubelet
-        annotations = {ASSIGNED_GPUS_ANNOTATION: encode_gpu_sets({"main": gpus})}
-        if done:
-            annotations[ALLOCATED_GPUS_ANNOTATION] = encode_gpu_sets({"main": gpus})
-            record[("bench", f"pod-{k}")] = {"main": tuple(gpus)}
-        cluster.put_pod(PodInfo(namespace="bench", name=f"pod-{k}", node_name=NODE,
+    for k, (name, gpus, done) in enumerate(_pods(case)):
+        annotations = {}
+        if not isinstance(gpus, int):
+            annotations[ASSIGNED_GPUS_ANNOTATION] = encode_gpu_sets({"main": gpus})
+            if done:
+                annotations[ALLOCATED_GPUS_ANNOTATION] = encode_gpu_sets({"main": gpus})
+        size = gpus if isinstance(gpus, int) else len(gpus)
+        cluster.put_pod(PodInfo(namespace="bench", name=name, node_name=NODE,
                                 phase="Running" if done else "Pending",
-                                annotations=annotations, created=f"2026-01-01T00:00:{k:02d}Z"))
-    return cluster, record
+                                annotations=annotations, created=f"2026-01-01T00:00:{k:02d}Z",
+                                device_requests={"main": {DEFAULT_RESOURCE_NAME: size}}))
+    return cluster
+
+
+def _pod_resources(case: str, directory: str) -> Any:
+    """The kubelet's PodResources, served here: the node's pods and what they hold."""
+    from tests.plugin.fakes import FakePodResources
+
+    fake = FakePodResources(Path(directory) / POD_RESOURCES)
+    for name, gpus, done in _pods(case):
+        if done and not isinstance(gpus, int):
+            fake.hold("bench", name, "main", gpus)
+        else:
+            fake.admit("bench", name)
+    fake.start()
+    return fake
 
 
 def _dead_port() -> int:
@@ -90,6 +133,7 @@ def serve(case: str, directory: str, ready: Any, stop: Any) -> None:
     from plugin.log import configure
     from plugin.main import PluginApp
     from plugin.nvml import discover, start_nvml
+    from plugin.podresources import PodResourcesClient
     from topology.presets import preset
 
     configure("kv", "INFO")
@@ -99,21 +143,20 @@ def serve(case: str, directory: str, ready: Any, stop: Any) -> None:
     start_nvml(nvml)
     discovery = discover(nvml, name=NODE)
     cfg = PluginConfig(node_name=NODE, kubelet_dir=Path(directory))
-    lister: Callable[[], Any]
     if case == "api unreachable":
         from kubernetes import client
 
         from plugin.kube import KubeCluster
-        from plugin.podresources import PodResourcesClient
 
         api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{_dead_port()}"))
         cluster: Any = KubeCluster(api)
-        lister = PodResourcesClient(Path(directory) / "no-pod-resources.sock",
-                                    cfg.resource_name).list
+        pod_resources = PodResourcesClient(Path(directory) / "no-pod-resources.sock",
+                                           cfg.resource_name)
     else:
-        cluster, record = _cluster_with_pods()
-        lister = lambda: record  # noqa: E731 - the kubelet's record, read in memory
-    app = PluginApp(cfg, nvml=nvml, discovery=discovery, cluster=cluster, pod_resources=lister)
+        cluster = _cluster_with_pods(case)
+        pod_resources = PodResourcesClient(Path(directory) / POD_RESOURCES, cfg.resource_name)
+    app = PluginApp(cfg, nvml=nvml, discovery=discovery, cluster=cluster,
+                    pod_resources=pod_resources.list, kubelet_pods=pod_resources.listed_pods)
     thread = threading.Thread(target=app.run, args=(stop,), daemon=True)
     thread.start()
     kubelet.next_registration(timeout=60)
@@ -157,6 +200,7 @@ def measure(case: str, n: int, streams: int, seed: int) -> dict[str, float]:
     from topology.names import DEFAULT_RESOURCE_NAME
 
     directory = tempfile.mkdtemp(prefix="gt-bench-", dir="/tmp")
+    kubelet_pods = _pod_resources(case, directory) if case != "api unreachable" else None
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     child = ctx.Process(target=serve, args=(case, directory, ready, stop), daemon=True)
@@ -177,6 +221,7 @@ def measure(case: str, n: int, streams: int, seed: int) -> dict[str, float]:
                 stub.GetPreferredAllocation(r, timeout=10)
             floor: list[float] = []
             call: list[float] = []
+            lists = kubelet_pods.lists if kubelet_pods is not None else 0
             clock = time.perf_counter_ns
             for k, r in enumerate(reqs):
                 # Interleaved, in alternating order: both see the same machine.
@@ -188,6 +233,8 @@ def measure(case: str, n: int, streams: int, seed: int) -> dict[str, float]:
                     else:
                         stub.GetDevicePluginOptions(empty, timeout=10)
                         floor.append((clock() - t0) / 1e6)
+            if kubelet_pods is not None:
+                lists = kubelet_pods.lists - lists
             for s in opened:
                 s.cancel()
     finally:
@@ -195,10 +242,13 @@ def measure(case: str, n: int, streams: int, seed: int) -> dict[str, float]:
         child.join(30)
         if child.is_alive():
             child.kill()
+        if kubelet_pods is not None:
+            kubelet_pods.stop()
         shutil.rmtree(directory, ignore_errors=True)
     return {
         "floor50": _pct(floor, 0.50), "floor99": _pct(floor, 0.99),
         "call50": _pct(call, 0.50), "call99": _pct(call, 0.99),
+        "lists": lists,
     }
 
 
@@ -212,19 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.requests} requests per case, {platform.python_version()}, "
           f"{os.cpu_count()} CPUs)\n")
     print("| case | floor p50 ms | floor p99 ms | GetPreferredAllocation p50 ms | p99 ms "
-          "| p50 / floor | p99 / floor p99 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| p50 / floor | p99 / floor p99 | PodResources Lists |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     worst = 0.0
     for case in CASES:
         r = measure(case, args.requests, args.streams if case == "streams open" else 0,
                     args.seed)
         ratio = r["call99"] / r["floor99"]
-        worst = max(worst, ratio)
+        if case in GOAL_CASES:
+            worst = max(worst, ratio)
         label = f"{args.streams} streams open" if case == "streams open" else case
         print(f"| {label} | {r['floor50']:.3f} | {r['floor99']:.3f} | {r['call50']:.3f} "
-              f"| {r['call99']:.3f} | {r['call50'] / r['floor50']:.2f}x | {ratio:.2f}x |",
-              flush=True)
-    print(f"\nGoal p99 within {GOAL:g}x of the floor in every case: "
+              f"| {r['call99']:.3f} | {r['call50'] / r['floor50']:.2f}x | {ratio:.2f}x "
+              f"| {r['lists']:g} |", flush=True)
+    print(f"\nGoal p99 within {GOAL:g}x of the floor in every case but 'cache checked': "
           f"{'met' if worst <= GOAL else 'NOT met'} (worst {worst:.2f}x).")
     return 0
 

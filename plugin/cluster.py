@@ -53,6 +53,9 @@ class PodInfo:
     #: RFC 3339 creation time; orders candidate pods oldest first.
     created: str = ""
     deleting: bool = False
+    #: container (init containers too) -> extended resource -> devices it asks for
+    #: (its limit, else its request); only whole counts of names with a ``/``.
+    device_requests: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def key(self) -> PodKey:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from plugin.catchup import DEFAULT_MAX_WAIT_S
 from plugin.health import DEFAULT_IGNORED_XIDS, parse_xids
 from plugin.log import LOG_FORMATS
 from plugin.podresources import DEFAULT_POD_RESOURCES_SOCKET
@@ -22,6 +23,8 @@ from topology.names import DEFAULT_RESOURCE_NAME
 __all__ = ["DEFAULT_KUBELET_DIR", "PluginConfig", "build_parser", "from_args", "validate"]
 
 DEFAULT_KUBELET_DIR: Final = Path("/var/lib/kubelet/device-plugins")
+#: The kubelet has no time-out on GetPreferredAllocation and admits one pod at a time.
+MAX_POD_CACHE_WAIT_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +44,7 @@ class PluginConfig:
     health_interval_seconds: float = 10.0
     reconcile_interval_seconds: float = 30.0
     publish_interval_seconds: float = 300.0
+    pod_cache_wait_seconds: float = DEFAULT_MAX_WAIT_S
     log_format: Literal["kv", "json"] = "kv"
     log_level: str = "INFO"
 
@@ -85,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish-interval-seconds", type=float, default=300.0,
                    help="how often the GPUTopology object and node labels are re-asserted "
                    "(default: %(default)s)")
+    p.add_argument("--pod-cache-wait-seconds", type=float, default=DEFAULT_MAX_WAIT_S,
+                   help="longest a GetPreferredAllocation call waits for the pod cache to "
+                   "deliver a pod the kubelet already has (0: never wait; at most "
+                   f"{MAX_POD_CACHE_WAIT_S:g}; default: %(default)s)")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="kv")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -120,6 +128,7 @@ def from_args(
         health_interval_seconds=args.health_interval_seconds,
         reconcile_interval_seconds=args.reconcile_interval_seconds,
         publish_interval_seconds=args.publish_interval_seconds,
+        pod_cache_wait_seconds=args.pod_cache_wait_seconds,
         log_format=args.log_format,
         log_level=args.log_level,
     )
@@ -144,6 +153,10 @@ def validate(cfg: PluginConfig) -> list[str]:
     ):
         if value < low:
             errors.append(f"{flag}: {value} must be at least {low}")
+    if not 0 <= cfg.pod_cache_wait_seconds <= MAX_POD_CACHE_WAIT_S:
+        errors.append(f"--pod-cache-wait-seconds: {cfg.pod_cache_wait_seconds} must be "
+                      f"between 0 and {MAX_POD_CACHE_WAIT_S:g} (the kubelet waits that long "
+                      "on each pod it admits)")
     if cfg.standalone and cfg.kubeconfig:
         errors.append("--kubeconfig: not used with --standalone (no API server)")
     return errors

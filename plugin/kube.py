@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from plugin.cluster import ClusterError, NodeCluster, PodEvent, PodInfo, gputopology_differs
 from topology.names import GPUTOPOLOGY_GROUP, GPUTOPOLOGY_PLURAL, GPUTOPOLOGY_VERSION
 
-__all__ = ["KubeCluster", "api_client", "pod_info"]
+__all__ = ["KubeCluster", "api_client", "device_requests", "pod_info"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,25 @@ def _error(what: str, e: ApiException) -> ClusterError:
     return ClusterError(f"{what}: HTTP {e.status} {e.reason}", not_found=e.status == 404)
 
 
+def _count(quantity: Any) -> int | None:
+    """A whole device count (``"2"``), or ``None`` for anything else."""
+    text = str(quantity).strip()
+    return int(text) if text.isdecimal() and len(text) <= 6 else None
+
+
+def device_requests(spec: Any) -> dict[str, dict[str, int]]:
+    """container -> extended resource (a name with a ``/``) -> the devices it asks for."""
+    out: dict[str, dict[str, int]] = {}
+    for container in [*(spec.init_containers or ()), *(spec.containers or ())]:
+        res = container.resources
+        asked = {**((res.requests or {}) if res else {}), **((res.limits or {}) if res else {})}
+        counts = {name: n for name, q in asked.items()
+                  if "/" in name and (n := _count(q)) is not None and n > 0}
+        if counts:
+            out[container.name] = counts
+    return out
+
+
 def pod_info(pod: Any) -> PodInfo:
     meta = pod.metadata
     created = meta.creation_timestamp
@@ -62,6 +81,7 @@ def pod_info(pod: Any) -> PodInfo:
         annotations=dict(meta.annotations or {}),
         created=created.isoformat() if created is not None else "",
         deleting=meta.deletion_timestamp is not None,
+        device_requests=device_requests(pod.spec) if pod.spec else {},
     )
 
 

@@ -6,7 +6,8 @@ Threads (all stop on one Event, set by SIGTERM/SIGINT):
   restarts or on SIGHUP; deviceplugin-grpc: the gRPC server's event loop;
 * health: the NVML XID loop and probes; health-apply: drains its queue into the
   resource manager, which wakes the ListAndWatch streams;
-* pods: the watch of pods bound to this node (cache for GetPreferredAllocation);
+* pods: the watch of pods bound to this node (cache for GetPreferredAllocation, which
+  asks the kubelet's PodResources whether the cache is behind when no assigned set fits);
 * reconcile: the kubelet's PodResources record -> ``allocated-gpus`` on each pod;
 * publish: the GPUTopology object and node labels.
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from plugin.catchup import KubeletPods, PodCacheCatchUp
 from plugin.cluster import ClusterError, NodeCluster
 from plugin.config import PluginConfig, from_args
 from plugin.health import HealthEvent, HealthMonitor
@@ -72,9 +74,13 @@ class PluginApp:
         discovery: Discovery,
         cluster: NodeCluster | None,
         pod_resources: Callable[[], KubeletRecord] | None,
+        kubelet_pods: KubeletPods | None = None,
         timings: Timings = Timings(),
         metrics: PluginMetrics | None = None,
     ) -> None:
+        """``pod_resources``: the kubelet's record (read by the reconciler's thread);
+        ``kubelet_pods``: the pods it has (awaited on a GetPreferredAllocation whose pod
+        the cache may lack); both from PodResources, neither with ``--standalone``."""
         self.cfg = cfg
         self.nvml = nvml
         self.discovery = discovery
@@ -83,6 +89,7 @@ class PluginApp:
         self.timings = timings
         topology = discovery.topology
         self.pods = PodCache(cfg.node_name)
+        self.metrics.pod_watch_live.set_function(lambda: 1.0 if self.pods.live else 0.0)
         self.reconciler = Reconciler(
             pod_resources or (lambda: {}),
             self.pods.snapshot,
@@ -99,6 +106,7 @@ class PluginApp:
             kubelet=self.reconciler.record,
             options=AllocateOptions(pass_device_specs=cfg.pass_device_specs,
                                     dev_root=cfg.dev_root),
+            resource_name=cfg.resource_name,
         )
         self.health_events: queue.Queue[HealthEvent] = queue.Queue()
         self.health = HealthMonitor(
@@ -112,8 +120,12 @@ class PluginApp:
             metrics=self.metrics,
         )
         self.stop = threading.Event()
+        self.catch_up = PodCacheCatchUp(
+            self.pods, kubelet_pods, max_wait=cfg.pod_cache_wait_seconds, metrics=self.metrics,
+        ) if cluster is not None and kubelet_pods is not None \
+            and cfg.pod_cache_wait_seconds > 0 else None
         self.servicer = DevicePluginServicer(
-            self.rm, on_allocate=self._allocated, metrics=self.metrics)
+            self.rm, on_allocate=self._allocated, metrics=self.metrics, catch_up=self.catch_up)
         self.runner = PluginRunner(
             self.servicer, cfg.kubelet_dir, cfg.resource_name,
             watch_interval=timings.watch, retry_interval=timings.register_retry,
@@ -224,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cluster: NodeCluster | None = None
     pod_resources: Callable[[], KubeletRecord] | None = None
+    kubelet_pods: KubeletPods | None = None
     if not cfg.standalone:
         from plugin.kube import KubeCluster, api_client
         from plugin.podresources import PodResourcesClient
@@ -234,10 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("no Kubernetes API access", extra=fields(
                 error=str(e), hint="pass --kubeconfig, or --standalone to run without one"))
             return EXIT_NO_CLUSTER
-        pod_resources = PodResourcesClient(cfg.pod_resources_socket, cfg.resource_name).list
+        kubelet = PodResourcesClient(cfg.pod_resources_socket, cfg.resource_name)
+        pod_resources, kubelet_pods = kubelet.list, kubelet.listed_pods
 
     app = PluginApp(cfg, nvml=nvml, discovery=discovery, cluster=cluster,
-                    pod_resources=pod_resources)
+                    pod_resources=pod_resources, kubelet_pods=kubelet_pods)
 
     def on_signal(signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:

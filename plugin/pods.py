@@ -3,6 +3,9 @@
 GetPreferredAllocation reads ``PodCache.snapshot()``: an immutable mapping swapped in
 whole on every change, so the call path takes no lock held across I/O and never talks
 to the API server. Annotations are decoded here, once per pod change, not per call.
+
+``live`` says whether the watch is delivering now (listed, and not failed since): only
+then is it worth waiting for a pod the cache does not have yet (``plugin.catchup``).
 """
 
 from __future__ import annotations
@@ -62,12 +65,19 @@ class PodCache:
         self._pods: Mapping[PodKey, PodEntry] = MappingProxyType({})
         self._lock = threading.Lock()
         self.synced = threading.Event()
+        self._live = False
         self._on_change: list[Callable[[], None]] = []
 
     def snapshot(self) -> Mapping[PodKey, PodEntry]:
         return self._pods
 
+    @property
+    def live(self) -> bool:
+        """The watch has listed and has not failed since: missing pods are on their way."""
+        return self._live
+
     def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the watch thread) after every change of ``snapshot()``."""
         self._on_change.append(callback)
 
     def apply(self, event: PodEvent, relisting: dict[PodKey, PodEntry] | None) -> None:
@@ -113,11 +123,14 @@ class PodCache:
                     self.apply(event, relisting)
                     if event.type == "SYNCED":
                         relisting = None
+                        self._live = True
                         if not self.synced.is_set():
                             log.info("pod cache synced", extra=fields(
                                 node=self.node_name, pods=len(self._pods)))
                         self.synced.set()
             except Exception as e:  # the API server may be away; keep the last cache
+                self._live = False
                 log.warning("pod watch failed; retrying", extra=fields(
                     node=self.node_name, error=str(e), retry_s=retry_seconds))
+            self._live = False  # until the next listing
             stop.wait(retry_seconds)

@@ -10,6 +10,9 @@ implements it for one node's discovered ``Topology``:
   to this node) when one fits the request, otherwise the allocator's best set among the
   available GPUs. Everything it reads is in memory: the pod cache snapshot and the
   kubelet's last PodResources record, both refreshed on background threads.
+* ``known_waiting()``: how many containers the pod cache knows that wait for ``size``
+  devices and may be the one the kubelet is admitting (when none, the pod cache may lack
+  that pod: ``plugin.catchup`` asks the kubelet).
 * ``allocate()``: refuses an unknown or unhealthy ID, or one listed twice, naming it;
   otherwise the container's environment and device nodes.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +37,7 @@ from plugin.pods import PodEntry
 from topology.allocate import Allocation, allocator_for
 from topology.gpuids import GpuIds
 from topology.model import Topology
-from topology.names import TERMINAL_PHASES
+from topology.names import DEFAULT_RESOURCE_NAME, TERMINAL_PHASES
 
 __all__ = [
     "CONTROL_DEVICES",
@@ -52,6 +56,7 @@ __all__ = [
     "ResourceManager",
     "TopologyResourceManager",
     "assigned_candidates",
+    "waiting_containers",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,6 +167,11 @@ class ResourceManager(Protocol):
         """The GPU's index on this node (for logs), ``None`` for an unknown ID."""
         ...
 
+    def known_waiting(self, size: int) -> int:
+        """Containers of known pods that wait for ``size`` devices, less the allocations
+        not yet in the kubelet's record (0: the kubelet may be admitting an unknown pod)."""
+        ...
+
     def allocate(self, device_ids: Sequence[str]) -> ContainerAllocation: ...
 
 
@@ -199,6 +209,29 @@ def assigned_candidates(
     return sorted(pending, key=order) + sorted(orphans, key=order)
 
 
+def waiting_containers(
+    pods: Mapping[PodKey, PodEntry], kubelet: KubeletRecord, resource_name: str
+) -> Counter[int]:
+    """How many containers of live pods ask for each number of ``resource_name`` devices
+    and hold none yet (by the kubelet's record and the pods' allocated records)."""
+    out: Counter[int] = Counter()
+    for key, entry in pods.items():
+        pod = entry.pod
+        if pod.deleting or pod.phase in TERMINAL_PHASES:
+            continue
+        held = kubelet.get(key, {})
+        allocated = entry.allocated or {}
+        for container, asks in pod.device_requests.items():
+            n = asks.get(resource_name, 0)
+            if n > 0 and not held.get(container) and not allocated.get(container):
+                out[n] += 1
+    return out
+
+
+#: Allocations remembered until the kubelet's record shows them (or two records later).
+_UNRECORDED_MAX: Final = 64
+
+
 class TopologyResourceManager:
     """``ResourceManager`` for one node: its topology, health, pods and kubelet record."""
 
@@ -210,6 +243,7 @@ class TopologyResourceManager:
         pods: Callable[[], Mapping[PodKey, PodEntry]] = lambda: MappingProxyType({}),
         kubelet: Callable[[], KubeletRecord] = lambda: _EMPTY_RECORD,
         options: AllocateOptions = AllocateOptions(),
+        resource_name: str = DEFAULT_RESOURCE_NAME,
     ) -> None:
         missing = [g.name for g in topology.gpus if not g.uuid]
         if missing:
@@ -233,6 +267,15 @@ class TopologyResourceManager:
         # Candidates of the last (pods, kubelet) snapshots: both are replaced whole on
         # change, so the same objects mean the same candidates.
         self._candidates: tuple[object, object, list[Candidate]] | None = None
+        self.resource_name = resource_name
+        # Waiting containers by size, and the device sets the record holds, likewise.
+        self._waiting: tuple[object, object, Counter[int], frozenset[frozenset[str]]] | None = None
+        # Device sets of the allocations this plugin answered that the last kubelet record
+        # read may not show yet, each with the record generation it was answered in.
+        self._alloc_lock = threading.Lock()
+        self._unrecorded: deque[tuple[frozenset[str], int]] = deque(maxlen=_UNRECORDED_MAX)
+        self._record_seen: object = None
+        self._record_gen = 0
 
     def warm_up(self) -> None:
         """Build the allocator's tables now, so the first kubelet call is fast."""
@@ -331,6 +374,36 @@ class TopologyResourceManager:
         self._candidates = (pods, kubelet, candidates)
         return candidates
 
+    def known_waiting(self, size: int) -> int:
+        """Containers the pod cache knows that wait for ``size`` devices and may be the one
+        the kubelet is admitting: not holding any yet, less one for each allocation of
+        ``size`` devices not yet in the kubelet's record (its pod may be among them)."""
+        pods, kubelet = self._pods(), self._kubelet()
+        cached = self._waiting
+        if cached is not None and cached[0] is pods and cached[1] is kubelet:
+            counts, held = cached[2], cached[3]
+        else:
+            counts = waiting_containers(pods, kubelet, self.resource_name)
+            held = frozenset(frozenset(ids) for containers in kubelet.values()
+                             for ids in containers.values())
+            self._waiting = (pods, kubelet, counts, held)
+        with self._alloc_lock:
+            generation = self._observe_record(kubelet)
+            # Shown by the record now, or not shown two records later (the kubelet
+            # dropped it): no longer counted.
+            self._unrecorded = deque(
+                ((ids, gen) for ids, gen in self._unrecorded
+                 if ids not in held and generation - gen < 2), maxlen=_UNRECORDED_MAX)
+            recent = sum(len(ids) == size for ids, _ in self._unrecorded)
+        return max(0, counts[size] - recent)
+
+    def _observe_record(self, record: KubeletRecord) -> int:
+        """The generation of ``record``: one more each time a new record is seen."""
+        if record is not self._record_seen:
+            self._record_seen = record
+            self._record_gen += 1
+        return self._record_gen
+
     def _refusal(
         self, available: Sequence[str], must_include: Sequence[str], size: int
     ) -> Refused | None:
@@ -394,6 +467,9 @@ class TopologyResourceManager:
 
     def allocate(self, device_ids: Sequence[str]) -> ContainerAllocation:
         devices = self.check(device_ids)
+        with self._alloc_lock:  # some waiting container holds these now
+            self._unrecorded.append((frozenset(device_ids),
+                                     self._observe_record(self._kubelet())))
         specs: list[DeviceSpec] = []
         if self.options.pass_device_specs:
             root = self.options.dev_root

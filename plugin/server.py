@@ -28,6 +28,7 @@ import grpc.aio
 
 from plugin.api import deviceplugin_pb2 as pb
 from plugin.api import deviceplugin_pb2_grpc as pb_grpc
+from plugin.catchup import PodCacheCatchUp, preferred
 from plugin.log import clip_all, fields
 from plugin.metrics import PluginMetrics
 from plugin.resources import AllocationError, DeviceState, Refused, ResourceManager
@@ -92,9 +93,12 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], message: str) -> N
 class DevicePluginServicer(pb_grpc.DevicePluginServicer):
     """The kubelet's DevicePlugin service, as coroutines on the server's event loop.
 
-    Unary calls run to completion without awaiting anything (every answer is decided
-    from memory), so they cannot interleave; a ListAndWatch stream waits on an event
-    that a device change sets from whatever thread made it.
+    Every answer is decided from memory. The one await on a unary call's path is a
+    GetPreferredAllocation that found no assigned set while the pod cache may be behind
+    the kubelet (``catch_up``, see ``plugin.catchup``): it asks the kubelet's
+    PodResources and may wait, bounded, for the cache; other calls are served meanwhile.
+    A ListAndWatch stream waits on an event that a device change sets from whatever
+    thread made it.
     """
 
     def __init__(
@@ -103,10 +107,12 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
         *,
         on_allocate: Callable[[Sequence[str]], None] = lambda ids: None,
         metrics: PluginMetrics | None = None,
+        catch_up: PodCacheCatchUp | None = None,
     ) -> None:
         self.rm = rm
         self.on_allocate = on_allocate
         self.metrics = metrics or PluginMetrics()
+        self.catch_up = catch_up
         self._changed: asyncio.Event | None = None
         self._ending = False
         self._unsubscribe: Callable[[], None] = lambda: None
@@ -179,10 +185,14 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
     ) -> pb.PreferredAllocationResponse:
         with self._timed("GetPreferredAllocation"):
             responses = []
+            catch_up = self.catch_up  # checked once per call at most
             for k, creq in enumerate(request.container_requests):
                 available = list(creq.available_deviceIDs)
                 must = list(creq.must_include_deviceIDs)
-                choice = self.rm.preferred(available, must, int(creq.allocation_size))
+                choice, check = await preferred(self.rm, available, must,
+                                                int(creq.allocation_size), catch_up=catch_up)
+                if check is not None:
+                    catch_up = None
                 if isinstance(choice, Refused):
                     self.metrics.preferred.labels("refused").inc()
                     log.warning("preferred allocation refused", extra=fields(
@@ -196,6 +206,9 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
                     size=creq.allocation_size, gpus=choice.devices,
                     indices=[self.rm.index_of(u) for u in choice.devices],
                     available=len(available), must_include=clip_all(must) or None,
+                    cache=check.result if check is not None else None,
+                    cache_wait_ms=round(check.waited_s * 1000, 1)
+                    if check is not None and check.waited else None,
                     detail=choice.detail or None))
                 responses.append(pb.ContainerPreferredAllocationResponse(deviceIDs=choice.devices))
             return pb.PreferredAllocationResponse(container_responses=responses)

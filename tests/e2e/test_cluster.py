@@ -80,11 +80,34 @@ def test_required_nvlink_pod_lands_on_the_only_node_with_an_nvlink_set(
     assert found.ring_link.is_nvlink, (idx, found)
 
 
+def _plugin_metrics(cluster: LocalCluster, node: str) -> str:
+    """The plugin's metrics ("" while it is not serving them yet)."""
+    port = cluster.nodes[node].plugin_metrics_port
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return ""
+
+
 def test_same_sized_pods_admitted_in_the_opposite_order_keep_true_records(
         cluster: LocalCluster, ns: str) -> None:
     """Created bound, with their sets already assigned, the later pod first: the kubelet
-    admits them in its own order, and each pod's allocated record is what it really got."""
-    sets = {"p-first": [gpu(4), gpu(5)], "p-second": [gpu(6), gpu(7)]}
+    admits them in its own order, and each pod's allocated record is what it really got.
+
+    Created bound, each pod reaches the kubelet and the plugin's pod watch at once, and
+    the kubelet asks GetPreferredAllocation milliseconds later: often before the plugin's
+    cache has the pod (the plugin then waits for it, bounded). The sets are SYS pairs,
+    which the allocator never picks with NVLink pairs free: the kubelet ends with them
+    only if the plugin answered the assigned sets."""
+    sets = {"p-first": [gpu(0), gpu(5)], "p-second": [gpu(1), gpu(6)]}
+    # The plugin serves the kubelet and its pod watch delivers (this test may run first).
+    wait_for("gpu-a capacity 8", lambda: cluster.gpu_capacity("gpu-a") == 8, timeout=90,
+             on_timeout=cluster.diagnostics)
+    before = wait_for("the pod watch of gpu-a's plugin", lambda: (
+        text if metric(text := _plugin_metrics(cluster, "gpu-a"),
+                       "gputopo_plugin_pod_watch_live") == 1 else None),
+        timeout=60, on_timeout=cluster.diagnostics)
     for name in ("p-second", "p-first"):
         pod = gpu_pod(name, 2, node_name="gpu-a", annotations={
             ASSIGNED_GPUS_ANNOTATION: encode_gpu_sets({"main": sets[name]})})
@@ -92,10 +115,23 @@ def test_same_sized_pods_admitted_in_the_opposite_order_keep_true_records(
     pods = {n: wait_allocated(cluster, ns, n) for n in sets}
     record = kubelet_record(cluster, "gpu-a")
     given = {n: record[(ns, n)]["main"] for n in sets}
+    after = _plugin_metrics(cluster, "gpu-a")
+
+    def delta(name: str, labels: dict[str, str]) -> float:
+        return metric(after, name, labels) - metric(before, name, labels)
+
+    answers = {source: delta("gputopo_plugin_preferred_allocations_total", {"source": source})
+               for source in ("assigned", "allocator", "fallback")}
+    # How the plugin's pod cache kept up (for the failure message): delivered when the
+    # kubelet asked before the cache had the pod.
+    checks = {result: delta("gputopo_plugin_pod_cache_checks_total", {"result": result})
+              for result in ("known", "in_sync", "delivered", "timed_out", "watch_down",
+                             "kubelet_unreachable")}
     for n in sets:
         assert allocated(pods[n]) == {"main": given[n]}, describe(cluster, ns, n)
-    # Both NV2 pairs were used, whichever pod got which.
-    assert set(given.values()) == {frozenset(s) for s in sets.values()}
+    # Both assigned sets were used, whichever pod got which.
+    assert set(given.values()) == {frozenset(s) for s in sets.values()}, (given, answers, checks)
+    assert answers == {"assigned": 2, "allocator": 0, "fallback": 0}, (answers, checks)
     assert_no_gpu_twice(cluster)
 
 

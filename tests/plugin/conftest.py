@@ -7,9 +7,8 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from concurrent import futures
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,6 @@ import pytest
 
 from plugin.api import deviceplugin_pb2 as pb
 from plugin.api import deviceplugin_pb2_grpc as pb_grpc
-from plugin.api import podresources_pb2 as pr
-from plugin.api import podresources_pb2_grpc as pr_grpc
 from plugin.config import PluginConfig
 from plugin.devkubelet import DevKubelet
 from plugin.main import PluginApp, Timings
@@ -28,6 +25,7 @@ from plugin.podresources import PodResourcesClient
 from topology.presets import preset
 
 from .fakes import HANG_GUARD_S as HANG_GUARD_S  # re-exported: the tests import it from here
+from .fakes import FakePodResources as FakePodResources  # the tests import it from here
 from .fakes import FaultyNvml, InMemoryCluster
 
 FAST = Timings(
@@ -91,54 +89,6 @@ def kubelet(short_tmp: Path) -> Iterator[FakeKubelet]:
         k.stop()
 
 
-Holdings = Mapping[tuple[str, str], Mapping[str, list[str]]]
-
-
-class _Lister(pr_grpc.PodResourcesListerServicer):
-    def __init__(self, owner: FakePodResources) -> None:
-        self.owner = owner
-
-    def List(self, request: Any, context: Any) -> pr.ListPodResourcesResponse:
-        with self.owner.lock:
-            holdings = {k: dict(v) for k, v in self.owner.holdings.items()}
-        return pr.ListPodResourcesResponse(pod_resources=[
-            pr.PodResources(namespace=ns, name=name, containers=[
-                pr.ContainerResources(name=c, devices=[
-                    pr.ContainerDevices(resource_name=self.owner.resource_name, device_ids=ids),
-                    pr.ContainerDevices(resource_name="example.com/other", device_ids=["x"]),
-                ])
-                for c, ids in containers.items()
-            ])
-            for (ns, name), containers in holdings.items()
-        ])
-
-
-@dataclass
-class FakePodResources:
-    """The kubelet's PodResources service: what it says each container holds."""
-
-    socket: Path
-    resource_name: str = "nvidia.com/gpu"
-    holdings: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: grpc.Server | None = None
-
-    def start(self) -> None:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        pr_grpc.add_PodResourcesListerServicer_to_server(_Lister(self), server)
-        server.add_insecure_port(f"unix:{self.socket}")
-        server.start()
-        self._server = server
-
-    def hold(self, namespace: str, pod: str, container: str, ids: list[str]) -> None:
-        with self.lock:
-            self.holdings.setdefault((namespace, pod), {})[container] = list(ids)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(0).wait()
-
-
 @pytest.fixture
 def pod_resources(short_tmp: Path) -> Iterator[FakePodResources]:
     (short_tmp / "pr").mkdir()
@@ -198,10 +148,12 @@ def run_plugin(
         **{"health_interval_seconds": 0.05, "reconcile_interval_seconds": 0.2,
            "publish_interval_seconds": 0.2, **cfg},
     )
-    lister = (PodResourcesClient(pod_resources.socket, config.resource_name).list
+    client = (PodResourcesClient(pod_resources.socket, config.resource_name)
               if pod_resources is not None else None)
     app = PluginApp(config, nvml=nvml, discovery=discovery, cluster=cluster,
-                    pod_resources=lister, timings=timings)
+                    pod_resources=client.list if client is not None else None,
+                    kubelet_pods=client.listed_pods if client is not None else None,
+                    timings=timings)
     thread = threading.Thread(target=app.run, daemon=True)
     thread.start()
     if ready:

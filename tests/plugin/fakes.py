@@ -3,9 +3,11 @@
 * ``InMemoryCluster``: a ``NodeCluster`` held in memory (the contract suite runs it and
   the API-backed one against the same tests);
 * ``FaultyNvml``: the shipped fake NVML (``plugin.fakenvml``, which ``--fake-topology``
-  uses) plus the faults tests inject: XID events, lost GPUs, ``nvmlInit`` failing.
+  uses) plus the faults tests inject: XID events, lost GPUs, ``nvmlInit`` failing;
+* ``FakePodResources``: the kubelet's PodResources service on a real unix socket (also
+  served by ``benchmarks/bench_plugin.py``, as the kubelet would).
 
-Both announce what happened on a ``Changes``, so tests wait for a condition instead of
+All announce what happened on a ``Changes``, so tests wait for a condition instead of
 polling with a sleep.
 """
 
@@ -16,14 +18,20 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+from concurrent import futures
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
+import grpc
+
+from plugin.api import podresources_pb2 as pr
+from plugin.api import podresources_pb2_grpc as pr_grpc
 from plugin.cluster import ClusterError, NodeCluster, PodEvent, PodInfo, PodKey, gputopology_differs
 from plugin.fakenvml import FakeNvml
 from topology.names import GPUTOPOLOGY_GROUP, GPUTOPOLOGY_KIND, GPUTOPOLOGY_VERSION
 
-__all__ = ["Changes", "FaultyNvml", "InMemoryCluster"]
+__all__ = ["Changes", "FakePodResources", "FaultyNvml", "InMemoryCluster"]
 
 #: Guard against a hung test only; no test asserts how long anything takes.
 HANG_GUARD_S = 60.0
@@ -61,8 +69,11 @@ class InMemoryCluster:
         self.patches: list[tuple[PodKey, dict[str, str | None]]] = []
         #: Lookups of a node that does not exist (a publisher retrying).
         self.missing_node_lookups = 0
-        #: Notified after every write and every failed node lookup.
+        #: Notified after every write, every failed node lookup and every watch refused.
         self.changes = Changes()
+        self._down = False
+        #: Watches refused or broken because the API server was down.
+        self.watches_refused = 0
 
     # --- test set-up ---------------------------------------------------------------------
 
@@ -90,6 +101,23 @@ class InMemoryCluster:
                 self._emit(PodEvent("DELETED", pod))
         self.changes.notify()
 
+    def go_down(self) -> None:
+        """The API server goes away: open watches break, new ones are refused."""
+        with self._lock:
+            self._down = True
+        self.changes.notify()
+
+    def come_back(self) -> None:
+        with self._lock:
+            self._down = False
+        self.changes.notify()
+
+    def _refuse_watch(self) -> ClusterError:
+        with self._lock:
+            self.watches_refused += 1
+        self.changes.notify()
+        return ClusterError("watch pods: connection refused (API server down)")
+
     def _emit(self, event: PodEvent) -> None:
         assert event.pod is not None
         for node, q in self._watchers:
@@ -101,14 +129,20 @@ class InMemoryCluster:
     def watch_pods(self, node_name: str, stop: threading.Event) -> Iterator[PodEvent]:
         q: queue.Queue[PodEvent] = queue.Queue()
         with self._lock:
-            listing = [p for p in self._pods.values() if p.node_name == node_name]
-            self._watchers.append((node_name, q))
+            down = self._down
+            if not down:
+                listing = [p for p in self._pods.values() if p.node_name == node_name]
+                self._watchers.append((node_name, q))
+        if down:
+            raise self._refuse_watch()
         try:
             yield PodEvent("RELIST")
             for pod in listing:
                 yield PodEvent("ADDED", pod)
             yield PodEvent("SYNCED")
             while not stop.is_set():
+                if self._down:
+                    raise self._refuse_watch()
                 try:
                     yield q.get(timeout=0.05)
                 except queue.Empty:
@@ -219,3 +253,74 @@ class FaultyNvml(FakeNvml):
 
     def fail_init(self, code: int | None = FakeNvml.NVML_ERROR_DRIVER_NOT_LOADED) -> None:
         self._init_error = code
+
+
+class _Lister(pr_grpc.PodResourcesListerServicer):
+    def __init__(self, owner: FakePodResources) -> None:
+        self.owner = owner
+
+    def List(self, request: Any, context: Any) -> pr.ListPodResourcesResponse:
+        with self.owner.lock:
+            self.owner.lists += 1
+            on_list, self.owner.on_list = self.owner.on_list, None
+            holdings = {k: dict(v) for k, v in self.owner.holdings.items()}
+            admitted = [k for k in self.owner.admitted if k not in holdings]
+        if on_list is not None:
+            on_list()
+        self.owner.changes.notify()
+        return pr.ListPodResourcesResponse(pod_resources=[
+            *(pr.PodResources(namespace=ns, name=name, containers=[
+                pr.ContainerResources(name=c, devices=[
+                    pr.ContainerDevices(resource_name=self.owner.resource_name, device_ids=ids),
+                    pr.ContainerDevices(resource_name="example.com/other", device_ids=["x"]),
+                ])
+                for c, ids in containers.items()
+            ])
+              for (ns, name), containers in holdings.items()),
+            *(pr.PodResources(namespace=ns, name=name, containers=[
+                pr.ContainerResources(name="main")])
+              for ns, name in admitted),
+        ])
+
+
+@dataclass
+class FakePodResources:
+    """The kubelet's PodResources service: what it says each container holds."""
+
+    socket: Path
+    resource_name: str = "nvidia.com/gpu"
+    holdings: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict)
+    #: Pods the kubelet has that hold no device yet (one it is admitting, say).
+    admitted: list[tuple[str, str]] = field(default_factory=list)
+    #: Called once, inside the next List, before it answers (a test's trigger).
+    on_list: Callable[[], None] | None = None
+    #: Lists answered; ``changes`` is notified after each.
+    lists: int = 0
+    changes: Changes = field(default_factory=Changes)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: grpc.Server | None = None
+
+    def start(self) -> None:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        pr_grpc.add_PodResourcesListerServicer_to_server(_Lister(self), server)
+        server.add_insecure_port(f"unix:{self.socket}")
+        server.start()
+        self._server = server
+
+    def hold(self, namespace: str, pod: str, container: str, ids: list[str]) -> None:
+        with self.lock:
+            self.holdings.setdefault((namespace, pod), {})[container] = list(ids)
+
+    def admit(self, namespace: str, pod: str) -> None:
+        """The kubelet has the pod (in its pod manager), no device allocated yet."""
+        with self.lock:
+            self.admitted.append((namespace, pod))
+
+    def next_list(self, then: Callable[[], None]) -> None:
+        """Run ``then`` inside the next List, before it answers."""
+        with self.lock:
+            self.on_list = then
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(0).wait()

@@ -33,6 +33,28 @@ def test_pod_info_from_a_v1pod() -> None:
     assert info.deleting
 
 
+def test_device_requests_of_every_container_limits_first() -> None:
+    def container(name: str, limits: dict[str, str] | None = None,
+                  requests: dict[str, str] | None = None) -> client.V1Container:
+        return client.V1Container(name=name, resources=client.V1ResourceRequirements(
+            limits=limits, requests=requests))
+
+    spec = client.V1PodSpec(
+        init_containers=[container("init", requests={"nvidia.com/gpu": "1"})],
+        containers=[
+            container("main", limits={"nvidia.com/gpu": "4", "cpu": "2", "memory": "1Gi"},
+                      requests={"nvidia.com/gpu": "4", "cpu": "1"}),
+            container("odd", limits={"nvidia.com/gpu": "1k", "example.com/nic": "0"}),
+            container("plain", limits={"cpu": "1"}),
+            client.V1Container(name="bare"),
+        ])
+    info = pod_info(client.V1Pod(metadata=client.V1ObjectMeta(namespace="ml", name="p"),
+                                 spec=spec))
+    # Not whole counts ("1k"), zero, and the standard resources are left out.
+    assert info.device_requests == {"init": {"nvidia.com/gpu": 1},
+                                    "main": {"nvidia.com/gpu": 4}}
+
+
 class FakeCustom:
     """Just enough of CustomObjectsApi for one cluster-scoped object."""
 

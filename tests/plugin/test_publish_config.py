@@ -87,6 +87,7 @@ def test_node_name_from_env_and_defaults() -> None:
     assert cfg.kubelet_dir == Path("/var/lib/kubelet/device-plugins")
     assert cfg.pod_resources_socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
     assert cfg.ignored_xids == {13, 31, 43, 45, 68, 109}
+    assert cfg.pod_cache_wait_seconds == 0.5
     flagged, _ = from_args(["--node-name", "n2"], env={"NODE_NAME": "n1"})
     assert flagged is not None and flagged.node_name == "n2"
 
@@ -98,6 +99,15 @@ def test_every_config_error_is_reported_with_its_flag() -> None:
     text = "\n".join(errors)
     for flag in ("--node-name", "--resource-name", "--metrics-port", "--ignored-xids"):
         assert flag in text
+
+
+@pytest.mark.parametrize("wait", ["-0.1", "5.5", "nan"])
+def test_the_pod_cache_wait_is_bounded(wait: str) -> None:
+    """The kubelet has no time-out on the call: a wait beyond 5 s is refused at start."""
+    cfg, errors = from_args(["--node-name", "n", "--pod-cache-wait-seconds", wait], env={})
+    assert cfg is None and errors[0].startswith("--pod-cache-wait-seconds: ")
+    ok, _ = from_args(["--node-name", "n", "--pod-cache-wait-seconds", "0"], env={})
+    assert ok is not None and ok.pod_cache_wait_seconds == 0
 
 
 def test_standalone_needs_no_node_name() -> None:

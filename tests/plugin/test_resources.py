@@ -281,3 +281,43 @@ def test_health_change_tells_every_subscriber_once() -> None:
 def test_gpus_without_uuid_are_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="GPU0"):
         TopologyResourceManager(preset("dgx1-v100"))
+
+
+def _asking(name: str, asks: dict[str, int], *, phase: str = "Pending",
+            deleting: bool = False, allocated: dict[str, list[int]] | None = None) -> PodInfo:
+    """A pod whose containers ask for GPUs (no assigned set: the extender did not place it)."""
+    ann = {} if allocated is None else {ALLOCATED_GPUS_ANNOTATION: encode_gpu_sets(
+        {c: [U[i] for i in ix] for c, ix in allocated.items()})}
+    return PodInfo(namespace="ns", name=name, node_name="node-a", phase=phase,
+                   annotations=ann, deleting=deleting,
+                   device_requests={c: {"nvidia.com/gpu": n, "example.com/nic": 1}
+                                    for c, n in asks.items()})
+
+
+def test_known_waiting_counts_containers_holding_nothing_less_unrecorded_allocations() -> None:
+    pods = [
+        _asking("a", {"main": 2}),                      # waits for 2
+        _asking("b", {"init": 2, "main": 4}),           # its init container waits for 2
+        _asking("held", {"main": 2}),                   # the kubelet's record: holds GPUs
+        _asking("recorded", {"main": 2}, phase="Running", allocated={"main": [6, 7]}),
+        _asking("done", {"main": 2}, phase="Succeeded"),
+        _asking("leaving", {"main": 2}, deleting=True),
+    ]
+    snapshot = MappingProxyType({p.key: entry_for(p) for p in pods})
+    records: list[KubeletRecord] = [MappingProxyType({("ns", "held"): {"main": (U[4], U[5])}})]
+    rm = TopologyResourceManager(DGX1, pods=lambda: snapshot, kubelet=lambda: records[-1])
+    # (Each also asks for an example.com/nic: another resource, not counted.)
+    assert [rm.known_waiting(n) for n in (1, 2, 3, 4)] == [0, 2, 0, 1]
+    # Allocated, but not in the record yet: one of the pods waiting for 2 holds them now.
+    rm.allocate([U[0], U[1]])
+    assert rm.known_waiting(2) == 1
+    # The next record shows it (pod a): a no longer waits, and the allocation is shown.
+    records.append(MappingProxyType({**records[-1], ("ns", "a"): {"main": (U[0], U[1])}}))
+    assert rm.known_waiting(2) == 1
+    # An allocation no record shows (the kubelet gave up on it) counts two records long.
+    rm.allocate([U[2], U[3]])
+    assert rm.known_waiting(2) == 0
+    records.append(MappingProxyType(dict(records[-1])))
+    assert rm.known_waiting(2) == 0
+    records.append(MappingProxyType(dict(records[-1])))
+    assert rm.known_waiting(2) == 1
