@@ -31,11 +31,12 @@ from extender.context import CONTEXT, Extender
 from extender.decisions import Decisions
 from extender.encoding import dumps_chunked, json_response
 from extender.guard import GUARD, track_requests
-from extender.intake import Intake
+from extender.intake import DIGEST, Intake, Shortcut
 from extender.logs import Throttle, suppressed
 from extender.metrics import CLIENT_GONE, CONTENT_TYPE_LATEST, Metrics
 from extender.page import render_page
 from extender.pods import RecentPods
+from extender.prefetch import Prefetch
 from extender.views import node_view, summary, topology_document
 from extender.wire import BadRequest, ClientGone
 
@@ -92,8 +93,10 @@ async def _send(request: web.Request, response: web.Response) -> web.StreamRespo
     return stream
 
 
-def _serve(verb: str, handler: VerbHandler) -> Callable[[web.Request], Awaitable[
-        web.StreamResponse]]:
+def _serve(
+    verb: str, handler: VerbHandler, *, digested: bool = False,
+    shortcut: Callable[[bytes], bytes | None] | None = None,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def serve(request: web.Request) -> web.StreamResponse:
         ext = request.app[CONTEXT]
         start = time.perf_counter()
@@ -102,8 +105,13 @@ def _serve(verb: str, handler: VerbHandler) -> Callable[[web.Request], Awaitable
             if ext.cfg.authenticated and not _has_client_certificate(request):
                 response = json_response({"Error": _NO_CERTIFICATE}, status=403)
             else:
-                async with ext.intake.receive(request) as data:
-                    response = await handler(request, data)
+                async with ext.intake.receive(request, digested=digested,
+                                              shortcut=shortcut) as data:
+                    if isinstance(data, Shortcut):  # answered from the raw body's digest
+                        response = web.Response(body=data.body,
+                                                content_type="application/json")
+                    else:
+                        response = await handler(request, data)
                     del data  # the intake frees a large body (see Intake.receive)
         except BadRequest as e:
             n = ext.throttle.allow(("body", verb, type(e).__name__, str(e).split(":", 1)[0]))
@@ -242,6 +250,7 @@ def build_app(
                       large_bodies=cfg.large_bodies, executor=decode_executor),
         throttle=Throttle(),
         recent=RecentPods(),
+        prefetch=Prefetch(state),
     )
     # The body limit is enforced (and answered with 400) by the intake; aiohttp's own
     # limit is set just above it so that check is the one that triggers.
@@ -258,14 +267,25 @@ def build_app(
             return await fn(ext, data)
         return handler
 
-    verbs: list[tuple[str, VerbHandler]] = [
-        ("filter", verb(filter_verb.handle)), ("prioritize", verb(prioritize.handle)),
-        ("bind", bind_handler), ("preempt", verb(preempt.handle)),
+    async def filter_handler(request: web.Request, data: Any) -> web.Response:
+        response, everyone = await filter_verb.handle(ext, data)
+        key = request.get(DIGEST)
+        if everyone is not None and key is not None \
+                and len(everyone.names) <= 2 * prioritize.SLICE:
+            # kube-scheduler scores next, then asks prioritize about this very body.
+            gpu, names = everyone.request, everyone.names
+            ext.prefetch.offer(key, lambda: prioritize.answer(ext.decisions, gpu, names).body)
+        return response
+
+    verbs: list[tuple[str, VerbHandler, dict[str, Any]]] = [
+        ("filter", filter_handler, {"digested": True}),
+        ("prioritize", verb(prioritize.handle), {"shortcut": ext.prefetch.take}),
+        ("bind", bind_handler, {}), ("preempt", verb(preempt.handle), {}),
     ]
     prefixes = [""] + ([cfg.path_prefix] if cfg.path_prefix else [])
     routes = []
     for prefix in prefixes:
-        routes += [web.post(f"{prefix}/{name}", _serve(name, h)) for name, h in verbs]
+        routes += [web.post(f"{prefix}/{name}", _serve(name, h, **kw)) for name, h, kw in verbs]
     routes += [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),

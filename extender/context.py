@@ -16,6 +16,7 @@ from extender.intake import Intake
 from extender.logs import Throttle, suppressed
 from extender.metrics import Metrics
 from extender.pods import Pod, RecentPods, decode_pod
+from extender.prefetch import Prefetch
 from extender.request import RequestError, pod_ref
 from extender.state import ClusterState
 from extender.validation import show
@@ -37,6 +38,8 @@ class Extender:
     throttle: Throttle
     #: Pods decoded from requests, by UID: filter, prioritize and bind share one decode.
     recent: RecentPods
+    #: Prioritize answers made right after filter (see extender.prefetch).
+    prefetch: Prefetch
 
     def pod(
         self, verb: str, raw: Mapping[str, Any], *, need_uid: bool = True

@@ -32,6 +32,7 @@ from extender.wire import ExtenderFilterResult, FilterArgs, decode_extender_args
 
 __all__ = [
     "UNKNOWN_NODE",
+    "AllPassed",
     "FilterCounts",
     "FilterOutcome",
     "answer",
@@ -284,11 +285,20 @@ def answer(decisions: Decisions, request: GpuRequest, args: FilterArgs) -> Answe
     return decisions.answer("filter", request, args.names, compute)
 
 
-async def handle(ext: Extender, data: Any) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class AllPassed:
+    """Every candidate passed: prioritize will be asked about this very request."""
+
+    request: GpuRequest
+    names: list[str]
+
+
+async def handle(ext: Extender, data: Any) -> tuple[web.Response, AllPassed | None]:
+    """The answer, and whether every candidate passed (see ``extender.prefetch``)."""
     args = decode_extender_args(data)
     pod = ext.pod("filter", args.pod)
     if isinstance(pod, RequestError):
-        return json_response(error_result(str(pod)))  # the scheduler shows it on the pod
+        return json_response(error_result(str(pod))), None  # shown on the pod
     gpu = pod.request
     if not gpu.empty:
         ext.cluster.note_pod(pod)
@@ -322,4 +332,7 @@ async def handle(ext: Extender, data: Any) -> web.Response:
         log.debug("filter pod=%s request=%s nodes=%d passed=%d failed=%d unknown=%d "
                   "unresolvable=%d", pod.ref, gpu.describe(), len(args.names), c.passed,
                   c.failed, c.unknown, c.unresolvable)
-    return web.Response(body=result.body, content_type="application/json")
+    everyone = (args.by_name and args.node_list is None and not gpu.empty
+                and c.passed == len(args.names))
+    return (web.Response(body=result.body, content_type="application/json"),
+            AllPassed(gpu, args.names) if everyone else None)

@@ -29,12 +29,14 @@ import asyncio
 import codecs
 import contextlib
 import gc
+import hashlib
 import json
 import re
 import sys
 import zlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from aiohttp import hdrs, web
@@ -43,7 +45,24 @@ from aiohttp.web_protocol import RequestPayloadError
 from extender.validation import show
 from extender.wire import BadRequest, BodyTimeout, ClientGone, TooBusy, decode_json, json_error
 
-__all__ = ["LARGE_BODY_BYTES", "MAX_INFLATE_RATIO", "Intake", "discard", "loads_chunked"]
+__all__ = ["DIGEST", "LARGE_BODY_BYTES", "MAX_INFLATE_RATIO", "Intake", "Shortcut", "digest",
+           "discard", "loads_chunked"]
+
+#: Where :meth:`Intake.receive` leaves a small body's digest on the request.
+DIGEST: Final = "gputopo.body-digest"
+
+
+def digest(raw: bytes | bytearray) -> bytes:
+    """What names a request body (BLAKE2b, 16 bytes: about 0.1 ms for 100 KiB)."""
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Shortcut:
+    """An answer found for the raw body before decoding it (see ``receive``)."""
+
+    body: bytes
+
 
 #: Bodies above this (decoded) take a slot and are decoded in a worker thread.
 LARGE_BODY_BYTES: Final = 512 * 1024
@@ -141,15 +160,27 @@ class Intake:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     @contextlib.asynccontextmanager
-    async def receive(self, request: web.Request) -> AsyncIterator[Any]:
+    async def receive(
+        self, request: web.Request, *, digested: bool = False,
+        shortcut: Callable[[bytes], bytes | None] | None = None,
+    ) -> AsyncIterator[Any]:
         """The decoded JSON body; a large body's slot is held until the block ends.
 
-        Raises :class:`BadRequest` (or its 408/503 kinds) and :class:`ClientGone`.
+        ``digested``: a small body's :func:`digest` is left on the request (``DIGEST``);
+        ``shortcut(digest)`` may then answer the body without decoding it (a
+        :class:`Shortcut` is yielded instead of the data). Raises :class:`BadRequest`
+        (or its 408/503 kinds) and :class:`ClientGone`.
         """
         slot = _Slot(self)
         data: Any = None
         try:
             raw = await self._read(request, slot)
+            if (digested or shortcut is not None) and not slot.taken:
+                key = request[DIGEST] = digest(raw)
+                found = None if shortcut is None else shortcut(key)
+                if found is not None:
+                    yield Shortcut(found)
+                    return
             data = await self._decode(raw, slot.taken)
             del raw
             yield data
