@@ -15,6 +15,7 @@ from extender.decisions import Decisions
 from extender.intake import Intake
 from extender.logs import Throttle, suppressed
 from extender.metrics import Metrics
+from extender.patience import Patience
 from extender.pods import Pod, decode_pod
 from extender.request import RequestError, pod_ref
 from extender.state import ClusterState
@@ -35,6 +36,8 @@ class Extender:
     intake: Intake
     #: Requests from clients that break the rules are logged once per kind and interval.
     throttle: Throttle
+    #: Delay scheduling's per-pod clocks (and the clock the handlers read ``now`` from).
+    patience: Patience
 
     def pod(
         self, verb: str, raw: Mapping[str, Any], *, need_uid: bool = True
