@@ -8,6 +8,9 @@
    ``examples/mixed-cluster.yaml``. Extra rows, not among the four: pods that
    ask for their best link (``--min-link 2=NV2,nvlink --link-policy required``), and
    ``topology-binpack`` (the gputopo profile with ``MostAllocated`` on GPUs).
+   Then the sweep of the extender's ``--best-set-patience`` (delay scheduling for the
+   best set, ``extender.patience``): ``topology`` at 0, 5m, 10m, 30m, 1h, 2h, 4h (the
+   default), 8h and no limit.
 2. Speed: jobs per second of each policy on 64 and on 1,024 DGX-1 nodes, and the wall
    time of all four policies on 64 nodes, each in a fresh process whose peak resident
    memory is reported.
@@ -28,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from extender.config import DEFAULT_BEST_SET_PATIENCE_S as DEFAULT_PATIENCE_S  # noqa: E402
 from simulator.cli import add_simulate, run_simulate  # noqa: E402
 from simulator.compare import Comparison  # noqa: E402
 from simulator.report import markdown_table, size_table  # noqa: E402
@@ -35,6 +39,8 @@ from simulator.report import markdown_table, size_table  # noqa: E402
 TRACE = ROOT.parent / "shared" / "traces" / "philly_genpw15k.csv"
 MIXED = ROOT / "examples" / "mixed-cluster.yaml"
 FOUR = "count,binpack,local,topology"
+#: The patience values of the sweep (``gputopo simulate --best-set-patience``).
+PATIENCE = ("0", "5m", "10m", "30m", "1h", "2h", "4h", "8h", "inf")
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -94,6 +100,28 @@ def section(title: str, result: Comparison, note: str) -> str:
     ])
 
 
+def sweep(title: str, cluster: list[str], seed: list[str]) -> str:
+    """``topology`` at every patience of :data:`PATIENCE`: one row each."""
+    rows: list[str] = []
+    header: list[str] = []
+    for p in PATIENCE:
+        result = comparison([*cluster, *seed, "--policy", "topology",
+                             "--best-set-patience", p])
+        head, align, row = markdown_table(result).splitlines()
+        header = [head.replace("| policy |", "| best-set patience |", 1) + " passed over |",
+                  align + " ---: |"]
+        run = result.runs[0]
+        default = " (default)" if run.best_set_patience_s == DEFAULT_PATIENCE_S else ""
+        label = "no limit" if p == "inf" else p
+        rows.append(row.replace("| topology |", f"| {label}{default} |", 1)
+                    + f" {run.passed_over} |")
+    return "\n".join([
+        f"### {title}: topology at each --best-set-patience", "",
+        "`--policy topology --best-set-patience P`, plain pods; *passed over*: pods the "
+        "extender's filter passed over at least once while they waited for their best "
+        "set.", "", *header, *rows, ""])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +156,8 @@ def main() -> int:
         packed = comparison([*cluster, *seed, "--policy", "topology-binpack"])
         parts.append(section(f"{title}: topology with MostAllocated on GPUs", packed,
                              "`--policy topology-binpack`, plain pods."))
+        print(f"running: {title}, the patience sweep", file=sys.stderr)
+        parts.append(sweep(title, cluster, seed))
     print("running: speed", file=sys.stderr)
     rows = ["| nodes | policy | jobs | wall s | jobs/s | peak RSS MiB (process) |",
             "| ---: | --- | ---: | ---: | ---: | ---: |"]

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from console.views import Explanation, NodeDetail, NodeSummary, NodeVerdict, Sets
+from extender.config import DEFAULT_BEST_SET_PATIENCE_S
+from extender.validation import format_duration
 from topology.links import Link
 from topology.names import ALLOCATED_GPUS_ANNOTATION, ASSIGNED_GPUS_ANNOTATION
 from topology.render import to_dot, to_matrix_text, to_svg
@@ -103,7 +105,8 @@ def _verdict(v: NodeVerdict) -> list[str]:
     if v.fits:
         extra = "" if v.meets_min_link else "  (without the preferred link)"
         ring = "" if v.ring_link is None else f"  ring {v.ring_link}"
-        return [v.node, "fits", f"score {v.score}", f"{_sets(v.sets)}{ring}{extra}"]
+        fits = "fits, not its best set" if v.best_set is False else "fits"
+        return [v.node, fits, f"score {v.score}", f"{_sets(v.sets)}{ring}{extra}"]
     why = "fails, even with every GPU free" if v.unresolvable else "fails"
     return [v.node, why, "", v.reason]
 
@@ -159,10 +162,24 @@ def explanation_text(e: Explanation) -> str:
                    "given back (filter reasons as kube-scheduler shows them, scores 0-10):")
     else:
         out.append(f"Not bound (phase {e.phase}).")
-        if e.fitting:
+        if e.fitting and e.waits_for_best_set:
+            patience = (f"its gputopo.io/best-set-patience, {format_duration(e.patience_s)}"
+                        if e.patience_s is not None else
+                        "the extender's --best-set-patience (default "
+                        f"{format_duration(DEFAULT_BEST_SET_PATIENCE_S)})")
+            out.append(f"{len(e.fitting)} GPU node(s) could take it now, none with the best "
+                       "set its node type offers: the extender passes it over for that set "
+                       f"for up to {patience} from the first time it did, then takes the "
+                       "best of these (kube-scheduler retries it on every cluster change, "
+                       "and 5 minutes after its last try at the latest; its FailedScheduling "
+                       "events say since when):")
+        elif e.fitting:
+            waits = any(v.best_set is False for v in e.fitting) and e.patience_s != 0
             out.append(f"{len(e.fitting)} GPU node(s) can take it now (kube-scheduler's own "
                        "checks, such as node selectors, taints and resources, also apply; "
-                       "it retries pending pods on every cluster change):")
+                       "it retries pending pods on every cluster change)"
+                       + (". While some give it the best set its node type offers, the "
+                          "extender fails those that do not" if waits else "") + ":")
         else:
             out.append("No GPU node can take it now. The extender's filter, node by node "
                        "(the reasons kube-scheduler shows on the pod):")

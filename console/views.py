@@ -7,18 +7,24 @@
 * :func:`explain`: why a pod got its node and GPUs, or why no node fits: the extender's
   filter (``extender.filter.decide``: the same reasons kube-scheduler shows on the pod),
   its scores (``extender.prioritize.scores``) and plans (``extender.plan.place``), on the
-  cluster as it is now.
+  cluster as it is now. Whether a fitting node gives the best set its node type offers
+  is said too: the extender's delay scheduling (``extender.patience``) keeps a pod
+  waiting for that set for a while, and its clock lives in the extender's memory, so
+  the tool says what the pod waits for, not since when (kube-scheduler's
+  FailedScheduling events do).
 
 Rendering to text is in :mod:`console.render`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from extender.filter import decide
+from extender.patience import waits_for_best
 from extender.plan import Plan, place
 from extender.prioritize import scores
 from extender.request import ContainerRequest, GpuRequest, RequestError
@@ -188,6 +194,9 @@ class NodeVerdict:
     sets: Sets = ()
     ring_link: Link | None = None
     meets_min_link: bool = True
+    #: Whether the sets are the best this node type offers the pod (None: it does not
+    #: wait for that: 1-GPU containers only, or a required link).
+    best_set: bool | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -228,26 +237,38 @@ class Explanation:
     same_set_now: bool | None = None
     events: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: The pod's own ``gputopo.io/best-set-patience`` in seconds (None: the extender's).
+    patience_s: float | None = None
 
     @property
     def fitting(self) -> tuple[NodeVerdict, ...]:
         return tuple(v for v in self.verdicts if v.fits)
+
+    @property
+    def waits_for_best_set(self) -> bool:
+        """No fitting node gives the best set, and the pod waits for one (a while)."""
+        fitting = self.fitting
+        return (bool(fitting) and all(v.best_set is False for v in fitting)
+                and self.patience_s != 0)
 
 
 def _verdicts(state: ClusterState, request: GpuRequest) -> tuple[NodeVerdict, ...]:
     names = sorted(state.nodes)
     out = decide(state, request, names)
     ranked = dict(zip(out.passed, scores(state, request, out.passed), strict=True))
+    patient = dataclasses.replace(request, patient=True) if waits_for_best(request) else None
     verdicts = []
     for name in names:
         if name in ranked:
             node = state.nodes[name]
             plan = place(node.allocator, node.free_mask, request)
             assert isinstance(plan, Plan)
+            best = None if patient is None else isinstance(
+                place(node.allocator, node.free_mask, patient), Plan)
             verdicts.append(NodeVerdict(
                 node=name, fits=True, score=ranked[name],
                 sets=_named_sets(plan, request), ring_link=plan.ring_link,
-                meets_min_link=plan.meets_min_link))
+                meets_min_link=plan.meets_min_link, best_set=best))
         elif name in out.unresolvable:
             verdicts.append(NodeVerdict(node=name, fits=False, reason=out.unresolvable[name],
                                         unresolvable=True))
@@ -387,7 +408,7 @@ def explain(
         node_known=node_name is None or node is not None,
         holding_source=None if holding is None else holding.source,
         records=records, quality=quality, verdicts=verdicts, same_set_now=same,
-        events=_failed_scheduling(events), notes=tuple(notes),
+        events=_failed_scheduling(events), notes=tuple(notes), patience_s=request.patience_s,
     )
 
 

@@ -35,6 +35,7 @@ from extender.intake import DIGEST, Intake, Shortcut
 from extender.logs import Throttle, suppressed
 from extender.metrics import CLIENT_GONE, CONTENT_TYPE_LATEST, Metrics
 from extender.page import render_page
+from extender.patience import Patience
 from extender.pods import RecentPods
 from extender.prefetch import Prefetch
 from extender.views import node_view, summary, topology_document
@@ -229,14 +230,16 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(
-    cfg: ExtenderConfig, cluster: Cluster, *, decode_executor: Any = None
+    cfg: ExtenderConfig, cluster: Cluster, *, decode_executor: Any = None,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The extender over ``cluster``; refuses an invalid ``cfg`` with every error listed.
 
     Serve it with ``extender.guard.start_server`` (as ``extender.main.serve`` does): that
     is what bounds connections and leaves request bodies to the intake.
     ``decode_executor``: where large bodies are inflated and decoded (default: a pool
-    of ``cfg.large_bodies`` threads).
+    of ``cfg.large_bodies`` threads). ``clock``: where the verbs read ``now`` (seconds
+    since the epoch) for delay scheduling (``extender.patience``).
     """
     errors = validate(cfg, need_source=False)
     if errors:
@@ -251,13 +254,15 @@ def build_app(
         throttle=Throttle(),
         recent=RecentPods(),
         prefetch=Prefetch(state),
+        patience=Patience(cfg.best_set_patience_s, clock=clock),
     )
     # The body limit is enforced (and answered with 400) by the intake; aiohttp's own
     # limit is set just above it so that check is the one that triggers.
     app = web.Application(client_max_size=cfg.max_body_bytes + 1,
                           middlewares=[track_requests])
     app[CONTEXT] = ext
-    binder = app[BINDER] = Binder(cluster, state, cfg, m, recent=ext.recent)
+    binder = app[BINDER] = Binder(cluster, state, cfg, m, recent=ext.recent,
+                                  patience=ext.patience)
 
     async def bind_handler(request: web.Request, data: Any) -> web.Response:
         return await bind.handle(binder, data)
@@ -277,9 +282,14 @@ def build_app(
             ext.prefetch.offer(key, lambda: prioritize.answer(ext.decisions, gpu, names).body)
         return response
 
+    def prefetched(key: bytes) -> bytes | None:
+        body = ext.prefetch.take(key)
+        m.prefetched.labels("miss" if body is None else "hit").inc()
+        return body
+
     verbs: list[tuple[str, VerbHandler, dict[str, Any]]] = [
         ("filter", filter_handler, {"digested": True}),
-        ("prioritize", verb(prioritize.handle), {"shortcut": ext.prefetch.take}),
+        ("prioritize", verb(prioritize.handle), {"shortcut": prefetched}),
         ("bind", bind_handler, {}), ("preempt", verb(preempt.handle), {}),
     ]
     prefixes = [""] + ([cfg.path_prefix] if cfg.path_prefix else [])

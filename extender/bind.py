@@ -27,6 +27,7 @@ from extender.cluster import Cluster, ClusterError
 from extender.config import ExtenderConfig
 from extender.encoding import json_response
 from extender.metrics import Metrics
+from extender.patience import Patience
 from extender.plan import Plan, place
 from extender.pods import Pod, RecentPods
 from extender.request import GpuRequest, PodRef, RequestError
@@ -63,7 +64,10 @@ BindResult = Bound | BindRefused
 def choose(
     state: ClusterState, node_name: str, request: GpuRequest, pod: PodRef
 ) -> Holding | BindRefused:
-    """The pod's sets on ``node_name`` on the state as it is now, or why there are none."""
+    """The pod's sets on ``node_name`` on the state as it is now, or why there are none.
+
+    A patient ``request`` (``extender.patience.Patience.request_at``) is refused a set
+    worse than its best, as the filter refuses it: the scheduler retries the pod."""
     node = state.nodes.get(node_name)
     if node is None:
         return BindRefused(reason=f"node {node_name}: no GPU topology known for this node (yet)")
@@ -89,8 +93,12 @@ class Binder:
     def __init__(
         self, cluster: Cluster, state: ClusterState, cfg: ExtenderConfig, metrics: Metrics,
         *, recent: RecentPods | None = None, slow_bind_s: float = 0.2,
+        patience: Patience | None = None,
     ) -> None:
         self.cluster = cluster
+        #: Delay scheduling: a pod waiting for its best set is refused a worse one here
+        #: too (None: every pod is judged as it is).
+        self.patience = patience
         self.state = state
         self.cfg = cfg
         self.metrics = metrics
@@ -161,6 +169,8 @@ class Binder:
         request = pod.request
         if request.empty:
             return await self._write(ref, node, None, timing)
+        if self.patience is not None:
+            request = self.patience.request_at(ref.uid, request, self.patience.clock())
         started = time.perf_counter()
         async with self.lock(node):
             timing.add("lock", time.perf_counter() - started)

@@ -15,6 +15,7 @@ from extender.decisions import Decisions
 from extender.intake import Intake
 from extender.logs import Throttle, suppressed
 from extender.metrics import Metrics
+from extender.patience import Patience
 from extender.pods import Pod, RecentPods, decode_pod
 from extender.prefetch import Prefetch
 from extender.request import RequestError, pod_ref
@@ -40,6 +41,8 @@ class Extender:
     recent: RecentPods
     #: Prioritize answers made right after filter (see extender.prefetch).
     prefetch: Prefetch
+    #: Delay scheduling's per-pod clocks (and the clock the handlers read ``now`` from).
+    patience: Patience
 
     def pod(
         self, verb: str, raw: Mapping[str, Any], *, need_uid: bool = True

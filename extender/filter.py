@@ -1,9 +1,16 @@
-"""filter: which candidate nodes can give the pod a set meeting its constraint."""
+"""filter: which candidate nodes can give the pod a set meeting its constraint.
+
+With delay scheduling (``extender.patience``) a pod waiting for its best set passes only
+where it gets that set; the others go to ``FailedAndUnresolvableNodes`` with the reason
+(:func:`judge_pod`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter, countOf
@@ -25,6 +32,7 @@ from extender.encoding import (
     plain_names,
     reason_fragment,
 )
+from extender.patience import Patience
 from extender.plan import Rejection, Verdict
 from extender.request import GpuRequest, RequestError
 from extender.state import ClusterState
@@ -42,6 +50,8 @@ __all__ = [
     "encode_names",
     "error_result",
     "handle",
+    "judge_pod",
+    "settle",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,11 +67,13 @@ SLICE: Final = 10_000
 _REASON = attrgetter("reason")
 
 # A candidate's outcome, one byte per candidate: translate() to a 0/1 selector for
-# compress() and count() run at C speed over the whole candidate list.
-_PASSED, _FAILED, _UNRESOLVABLE, _UNKNOWN = 0, 1, 2, 3
-_PASSES: Final = bytes.maketrans(b"\0\1\2\3", b"\1\0\0\0")
-_FAILS: Final = bytes.maketrans(b"\0\1\2\3", b"\0\1\0\1")  # unknown nodes fail alone
-_UNRESOLVABLES: Final = bytes.maketrans(b"\0\1\2\3", b"\0\0\1\0")
+# compress() and count() run at C speed over the whole candidate list. WAITING: only a
+# worse set than the best, for a pod waiting for it (answered as unresolvable).
+_PASSED, _FAILED, _UNRESOLVABLE, _UNKNOWN, _WAITING = 0, 1, 2, 3, 4
+_PASSES: Final = bytes.maketrans(b"\0\1\2\3\4", b"\1\0\0\0\0")
+_FAILS: Final = bytes.maketrans(b"\0\1\2\3\4", b"\0\1\0\1\0")  # unknown nodes fail alone
+_UNRESOLVABLES: Final = bytes.maketrans(b"\0\1\2\3\4", b"\0\0\1\0\1")
+_WAITINGS: Final = bytes.maketrans(b"\0\1\2\3\4", b"\0\0\0\0\1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +81,9 @@ class FilterOutcome:
     passed: list[str]
     failed: dict[str, str]
     unresolvable: dict[str, str]
+    #: Those of ``unresolvable`` that could take the pod, only not with its best set
+    #: (the pod waits for it: ``extender.patience``).
+    waiting: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +94,8 @@ class FilterCounts:
     failed: int
     unknown: int
     unresolvable: int
+    #: Could take the pod only with a worse set than its best (answered as unresolvable).
+    waiting: int = 0
 
 
 class _Judged:
@@ -96,7 +113,7 @@ class _Judged:
         if isinstance(verdict, Rejection):
             self.rejections[key] = verdict
             self.fragments[key] = reason_fragment(verdict.reason)
-            self.codes[key] = (_UNKNOWN if key is None
+            self.codes[key] = (_UNKNOWN if key is None else _WAITING if verdict.waiting
                                else _UNRESOLVABLE if verdict.unresolvable else _FAILED)
         else:
             self.codes[key] = _PASSED
@@ -136,12 +153,49 @@ def decide(
         bad = map(judged.rejections.__getitem__, compress(keys, selector))
         return dict(zip(compress(names, selector), map(_REASON, bad), strict=True))
 
+    waiting = _WAITING in codes
     return FilterOutcome(
         passed=list(compress(names, codes.translate(_PASSES))),
         failed=reasons(codes.translate(_FAILS)),
-        unresolvable=reasons(codes.translate(_UNRESOLVABLES)) if _UNRESOLVABLE in codes
-        else {},
+        unresolvable=reasons(codes.translate(_UNRESOLVABLES))
+        if waiting or _UNRESOLVABLE in codes else {},
+        waiting=list(compress(names, codes.translate(_WAITINGS))) if waiting else [],
     )
+
+
+def judge_pod(
+    state: ClusterState, request: GpuRequest, names: list[str], *, uid: str, now: float,
+    patience: Patience, decisions: Decisions | None = None,
+) -> FilterOutcome:
+    """:func:`decide` for the pod ``uid`` at ``now``, with delay scheduling: while the pod
+    is patient (``Patience.request_at``) a node that could give it only a worse set than
+    its best fails; when none passes because of that, the pod is passed over and its
+    clock starts (:func:`settle`)."""
+    judged = patience.request_at(uid, request, now)
+    out = decide(state, judged, names, decisions=decisions)
+    return settle(out, judged, uid=uid, now=now, patience=patience)
+
+
+def settle(
+    out: FilterOutcome, judged: GpuRequest, *, uid: str, now: float, patience: Patience
+) -> FilterOutcome:
+    """A patient pod's outcome: passed over (its clock started) when no node passed and
+    some only for a worse set; the waiting nodes' reasons say since when."""
+    if not judged.patient or not out.waiting:
+        return out
+    since = patience.since(uid)
+    if not out.passed:
+        since = patience.passed_over(uid, now)
+        if since == now:
+            log.info("waiting for the best set uid=%s request=%s nodes=%d", uid,
+                     judged.describe(), len(out.waiting))
+    if since is None:
+        return out
+    note = f" (passed over since {time.strftime('%H:%M:%SZ', time.gmtime(since))})"
+    unresolvable = dict(out.unresolvable)
+    for name in set(out.waiting):
+        unresolvable[name] += note
+    return dataclasses.replace(out, unresolvable=unresolvable)
 
 
 def _of(state: ClusterState, decisions: Decisions | None) -> Decisions:
@@ -172,12 +226,14 @@ def _parts(decisions: Decisions, request: GpuRequest, names: list[str]) -> _Part
     failed_fragments = list(map(judged.fragments.__getitem__, compress(keys, fails)))
     unresolvable: list[str] = []
     unresolvable_fragments: list[str] = []
-    if _UNRESOLVABLE in codes:
+    if _UNRESOLVABLE in codes or _WAITING in codes:
         sel = codes.translate(_UNRESOLVABLES)
         unresolvable = list(compress(names, sel))
         unresolvable_fragments = list(map(judged.fragments.__getitem__, compress(keys, sel)))
     counts = FilterCounts(passed=len(passed), failed=codes.count(_FAILED),
-                          unknown=codes.count(_UNKNOWN), unresolvable=len(unresolvable))
+                          unknown=codes.count(_UNKNOWN),
+                          unresolvable=codes.count(_UNRESOLVABLE),
+                          waiting=codes.count(_WAITING))
     if not plain_names(names):
         passed = escape_names(passed)
         failed = escape_names(failed)
@@ -210,7 +266,7 @@ def _join(parts: list[_Parts]) -> Answer[FilterCounts] | None:
         [member_run(x.unresolvable, x.unresolvable_fragments) for x in parts if x.unresolvable],
     )
     counts = FilterCounts(**{k: sum(getattr(x.counts, k) for x in parts) for k in (
-        "passed", "failed", "unknown", "unresolvable")})
+        "passed", "failed", "unknown", "unresolvable", "waiting")})
     return Answer(body=body, counts=counts)
 
 
@@ -249,7 +305,8 @@ def error_result(message: str) -> ExtenderFilterResult:
 def _counts(out: FilterOutcome) -> FilterCounts:
     unknown = countOf(out.failed.values(), UNKNOWN_NODE) if out.failed else 0
     return FilterCounts(passed=len(out.passed), failed=len(out.failed) - unknown,
-                        unknown=unknown, unresolvable=len(out.unresolvable))
+                        unknown=unknown, unresolvable=len(out.unresolvable) - len(out.waiting),
+                        waiting=len(out.waiting))
 
 
 async def decide_in_slices(
@@ -260,13 +317,16 @@ async def decide_in_slices(
     passed: list[str] = []
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
+    waiting: list[str] = []
     for i in range(0, len(names), SLICE):
         out = decide(state, request, names[i:i + SLICE], decisions=decisions)
         passed += out.passed
         failed.update(out.failed)
         unresolvable.update(out.unresolvable)
+        waiting += out.waiting
         await asyncio.sleep(0)
-    return FilterOutcome(passed=passed, failed=failed, unresolvable=unresolvable)
+    return FilterOutcome(passed=passed, failed=failed, unresolvable=unresolvable,
+                         waiting=waiting)
 
 
 def answer(decisions: Decisions, request: GpuRequest, args: FilterArgs) -> Answer[FilterCounts]:
@@ -293,6 +353,25 @@ class AllPassed:
     names: list[str]
 
 
+async def _patient_answer(
+    ext: Extender, args: FilterArgs, judged: GpuRequest, *, uid: str, now: float
+) -> Answer[FilterCounts]:
+    """The answer for a pod passed over for its best set (:func:`settle`): its reasons
+    carry the pod's own clock, so it is neither taken from nor kept in the answers
+    shared by pods of its shape (the verdicts are shared as for any pod). Until a pod
+    is passed over its answer says nothing of its own and is shared."""
+    large = len(args.names) > 2 * SLICE or (
+        args.node_list is not None and len(args.names) > _LARGE_NODE_LIST)
+    if large:
+        out = await decide_in_slices(ext.state, judged, args.names, decisions=ext.decisions)
+    else:
+        out = decide(ext.state, judged, args.names, decisions=ext.decisions)
+    out = settle(out, judged, uid=uid, now=now, patience=ext.patience)
+    encoded = encode(args, out)
+    body = await ext.intake.run(dumps_chunked, encoded) if large else json_bytes(encoded)
+    return Answer(body=body, counts=_counts(out))
+
+
 async def handle(ext: Extender, data: Any) -> tuple[web.Response, AllPassed | None]:
     """The answer, and whether every candidate passed (see ``extender.prefetch``)."""
     args = decode_extender_args(data)
@@ -303,8 +382,15 @@ async def handle(ext: Extender, data: Any) -> tuple[web.Response, AllPassed | No
     if not gpu.empty:
         ext.cluster.note_pod(pod)
     many = len(args.names) > 2 * SLICE
+    now = ext.patience.clock()
+    uid = pod.ref.uid
+    gpu = ext.patience.request_at(uid, gpu, now)  # waiting for its best set, or as it is
     sliced: Answer[FilterCounts] | None = None
-    if many and args.by_name and args.node_list is None and not gpu.empty:
+    waited = gpu.patient and ext.patience.since(uid) is not None
+    if waited:
+        # Passed over before: its reasons carry its own clock.
+        sliced = await _patient_answer(ext, args, gpu, uid=uid, now=now)
+    elif many and args.by_name and args.node_list is None and not gpu.empty:
         # Many names: judged in slices, joined from their pieces off the event loop.
         parts = []
         for i in range(0, len(args.names), SLICE):
@@ -322,17 +408,23 @@ async def handle(ext: Extender, data: Any) -> tuple[web.Response, AllPassed | No
         result = Answer(body=body, counts=_counts(out))
     else:
         result = answer(ext.decisions, gpu, args)
+    if gpu.patient and not waited and result.counts.waiting and not result.counts.passed:
+        # Passed over for the first time: its clock starts, and the reasons say so.
+        result = await _patient_answer(ext, args, gpu, uid=uid, now=now)
     c = result.counts
     d = ext.metrics.decisions
     d.labels("passed").inc(c.passed)
     d.labels("failed").inc(c.failed)
     d.labels("unknown").inc(c.unknown)
     d.labels("unresolvable").inc(c.unresolvable)
+    if c.waiting:
+        d.labels("waiting").inc(c.waiting)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("filter pod=%s request=%s nodes=%d passed=%d failed=%d unknown=%d "
-                  "unresolvable=%d", pod.ref, gpu.describe(), len(args.names), c.passed,
-                  c.failed, c.unknown, c.unresolvable)
+                  "unresolvable=%d waiting=%d", pod.ref, gpu.describe(), len(args.names),
+                  c.passed, c.failed, c.unknown, c.unresolvable, c.waiting)
     everyone = (args.by_name and args.node_list is None and not gpu.empty
                 and c.passed == len(args.names))
+    # Prioritize judges the pod as it is (patience only narrows the filter).
     return (web.Response(body=result.body, content_type="application/json"),
-            AllPassed(gpu, args.names) if everyone else None)
+            AllPassed(pod.request, args.names) if everyone else None)

@@ -49,7 +49,7 @@ __all__ = ["DIGEST", "LARGE_BODY_BYTES", "MAX_INFLATE_RATIO", "Intake", "Shortcu
            "discard", "loads_chunked"]
 
 #: Where :meth:`Intake.receive` leaves a small body's digest on the request.
-DIGEST: Final = "gputopo.body-digest"
+DIGEST: Final = web.RequestKey("gputopo.body-digest", bytes)
 
 
 def digest(raw: bytes | bytearray) -> bytes:

@@ -26,9 +26,16 @@ from collections.abc import Callable, Sequence
 
 from extender.app import build_app
 from extender.cluster import Cluster
-from extender.config import DEFAULT_MAX_BODY_BYTES, ExtenderConfig, is_loopback, validate
+from extender.config import (
+    DEFAULT_BEST_SET_PATIENCE_S,
+    DEFAULT_MAX_BODY_BYTES,
+    ExtenderConfig,
+    is_loopback,
+    validate,
+)
 from extender.guard import loop_exception_handler, start_server
 from extender.logs import Throttle
+from extender.validation import format_duration, parse_duration
 from topology.names import DEFAULT_RESOURCE_NAME
 
 __all__ = ["connection_limit", "main", "make_cluster", "parse_args", "serve"]
@@ -37,6 +44,13 @@ __all__ = ["connection_limit", "main", "make_cluster", "parse_args", "serve"]
 FD_RESERVE = 64
 
 log = logging.getLogger("extender")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ExtenderConfig:
@@ -106,6 +120,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ExtenderConfig:
     p.add_argument("--bind-timeout", type=float, default=5.0,
                    help="seconds for the pod patch and Binding together (default 5; at most "
                         "the lease duration minus the renew deadline)")
+    p.add_argument("--best-set-patience", type=_duration, metavar="DURATION",
+                   default=DEFAULT_BEST_SET_PATIENCE_S,
+                   help="how long a multi-GPU pod whose link policy is not 'required' waits "
+                        "for the best set its node type offers before it takes a worse one: "
+                        "seconds or e.g. 10m, 1h; 0: no wait; at most 24h (default "
+                        f"{format_duration(DEFAULT_BEST_SET_PATIENCE_S)}); a pod's "
+                        "gputopo.io/best-set-patience annotation overrides it")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     a = p.parse_args(argv)
     host = a.host if a.host is not None else ("0.0.0.0" if a.tls_cert_file else "127.0.0.1")
@@ -123,7 +144,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ExtenderConfig:
         lease_name=a.lease_name, lease_namespace=a.lease_namespace, identity=a.identity,
         lease_duration_s=a.lease_duration, renew_deadline_s=a.renew_deadline,
         retry_period_s=a.retry_period,
-        bind_timeout_s=a.bind_timeout, log_level=a.log_level.upper(),
+        bind_timeout_s=a.bind_timeout, best_set_patience_s=a.best_set_patience,
+        log_level=a.log_level.upper(),
     )
 
 

@@ -43,6 +43,10 @@ class Metrics:
         self.binds = Counter(
             "gputopo_extender_binds", "Bind outcomes: bound, retry (already bound), error.",
             ["result"], registry=r)
+        self.prefetched = Counter(
+            "gputopo_extender_prioritize_prefetch",
+            "Prioritize requests answered from the answer made right after their filter "
+            "(hit) or computed when they came (miss).", ["result"], registry=r)
         self.bind_phases = Histogram(
             "gputopo_extender_bind_phase_seconds",
             "Where a bind's time goes: lock (waiting for the node's lock), choose (the set "

@@ -3,16 +3,22 @@
 Shared by filter (does a plan exist), prioritize (how good is it), bind (the plan written
 on the pod) and preempt (which victims make a plan exist). The container rule is in
 ``extender.request``'s module docstring.
+
+A *patient* request (``GpuRequest.patient``, see ``extender.patience``) is placed as any
+other, and then refused (``Rejection.waiting``) when a container of 2+ GPUs would get a
+worse ring than the one an empty node of this type gives it: it waits for that set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from extender.request import ContainerRequest, GpuRequest
+from extender.validation import format_duration
 from topology.allocate import Allocation, Allocator, Infeasible
 from topology.gpuids import indices_of, mask_of
 from topology.links import Link, bandwidth_gbps
@@ -55,6 +61,11 @@ class Rejection:
     ok: ClassVar[bool] = False
     reason: str
     unresolvable: bool
+    #: The node could take the pod, only not with the best set its node type offers,
+    #: and the pod waits for that set (a patient request). Such a node goes to
+    #: FailedAndUnresolvableNodes (``unresolvable`` is True): preemption is not for a
+    #: wait the pod chose.
+    waiting: bool = False
 
 
 Verdict = Plan | Rejection
@@ -65,8 +76,12 @@ def place(alloc: Allocator, free_mask: int, request: GpuRequest) -> Verdict:
 
     The required constraint filters; a preferred one is tried first and dropped when the
     node cannot give it (``meets_min_link=False``). ``unresolvable`` is decided by placing
-    the pod on the same node with every GPU free.
+    the pod on the same node with every GPU free. A patient request is refused, with
+    ``waiting``, where a container of 2+ GPUs would get a worse ring than on an empty node
+    of this type.
     """
+    if request.patient:
+        return _patient(alloc, free_mask, request)
     link = request.min_link
     verdict = _place(alloc, free_mask, request, link)
     if isinstance(verdict, Rejection) and link is not None and not request.required:
@@ -79,6 +94,48 @@ def place(alloc: Allocator, free_mask: int, request: GpuRequest) -> Verdict:
         if isinstance(empty, Rejection):
             return Rejection(reason=verdict.reason, unresolvable=True)
     return verdict
+
+
+def _patient(alloc: Allocator, free_mask: int, request: GpuRequest) -> Verdict:
+    """``place`` for a pod waiting for its best set (see the module docstring)."""
+    plain = dataclasses.replace(request, patient=False)
+    verdict = place(alloc, free_mask, plain)
+    if not isinstance(verdict, Plan) or verdict.ring_link is None:
+        return verdict
+    best = place(alloc, alloc.full_mask, plain)
+    if not isinstance(best, Plan):
+        return verdict
+    short: list[tuple[str, int, Link, Link]] = []
+    for (name, devices), (_, best_devices) in zip(verdict.sets, best.sets, strict=True):
+        if len(devices) < 2:
+            continue
+        got, want = _ring_of(alloc, devices), _ring_of(alloc, best_devices)
+        if got is not None and want is not None and got < want:
+            short.append((name, len(devices), want, got))
+    if not short:
+        return verdict
+    bound = request.patience_s
+    wait = ("waiting" if bound is None or math.isinf(bound)
+            else f"waiting up to {format_duration(bound)}")
+    if len(request.containers) == 1:
+        _, k, want, got = short[0]
+        reason = (f"{wait} for the best set this node type offers ({want} {_set_name(k)}); "
+                  f"best free here now: {got}")
+    else:
+        wants = ", ".join(f"{name}: {want} {_set_name(k)}" for name, k, want, _ in short)
+        gots = ", ".join(f"{name} {got}" for name, _, _, got in short)
+        reason = (f"{wait} for the best sets this node type offers ({wants}); best free "
+                  f"here now: {gots}")
+    return Rejection(reason=reason, unresolvable=True, waiting=True)
+
+
+def _ring_of(alloc: Allocator, devices: tuple[int, ...]) -> Link | None:
+    r = alloc.best(len(devices), mask_of(devices))
+    return r.ring_link if isinstance(r, Allocation) else None
+
+
+def _set_name(k: int) -> str:
+    return "pair" if k == 2 else f"ring of {k}"
 
 
 def _replace_meets(plan: Plan, meets: bool) -> Plan:

@@ -10,6 +10,10 @@ not free a good set is dropped. Pods without a required constraint, or without G
 get the scheduler's proposal back unchanged. Victims are only ever removed, never
 added, so the scheduler's priority and PDB rules still hold; ``NumPDBViolations`` is
 passed through (an upper bound once victims are removed).
+
+A pod the filter passed over while it waits for its best set (``extender.patience``)
+gets no candidates: it could run now on a worse set, and nobody is evicted for a wait
+the pod chose.
 """
 
 from __future__ import annotations
@@ -125,6 +129,14 @@ async def handle(ext: Extender, data: Any) -> web.Response:
     if isinstance(pod, RequestError):
         # No Error field in the preemption result: offer no candidates (nothing evicted).
         result: ExtenderPreemptionResult = {"NodeNameToMetaVictims": {}}
+        return json_response(result)
+    uid = pod.ref.uid
+    if uid and ext.patience.since(uid) is not None and ext.patience.request_at(
+            uid, pod.request, ext.patience.clock()).patient:
+        log.info("preempt pod=%s candidates=%d kept=0 (waiting for its best set)", pod.ref,
+                 len(args.victims))
+        ext.metrics.preempt_nodes.labels("dropped").inc(len(args.victims))
+        result = {"NodeNameToMetaVictims": {}}
         return json_response(result)
     kept = decide(ext.state, pod.request, args.victims, decisions=ext.decisions)
     ext.metrics.preempt_nodes.labels("kept").inc(len(kept))

@@ -18,6 +18,11 @@ The rule (exact, and the same for every verb):
 * **Constraint.** ``gputopo.io/min-link`` applies to every container's set; with
   ``gputopo.io/link-policy: required`` a node that cannot give it fails the filter, with
   ``preferred`` (the default) it only lowers the score.
+* **Patience.** ``gputopo.io/best-set-patience`` (a duration: ``"0"``, ``"30m"``,
+  ``"1h"``, or seconds; at most 24h) is how long the pod may wait for the best set its
+  node type offers, instead of the extender's ``--best-set-patience``. Whether the pod
+  *is* waiting at a given moment is decided by ``extender.patience``, which sets
+  ``GpuRequest.patient`` for that decision; a decoded pod is never patient.
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from extender.config import MAX_BEST_SET_PATIENCE_S
 from extender.validation import (
     MAX_ANNOTATIONS_BYTES,
     dns_label_problem,
+    format_duration,
+    parse_duration,
     qualified_name_problem,
     show,
 )
 from topology.links import MIN_LINK_VALUES_TEXT, Link, parse_min_link
 from topology.names import (
+    BEST_SET_PATIENCE_ANNOTATION,
     DEFAULT_RESOURCE_NAME,
     LINK_POLICY_ANNOTATION,
     LINK_POLICY_PREFERRED,
@@ -83,6 +92,13 @@ class GpuRequest:
     containers: tuple[ContainerRequest, ...] = ()
     min_link: Link | None = None
     required: bool = False
+    #: Seconds the pod may wait for its best set (``gputopo.io/best-set-patience``; None:
+    #: the extender's default). While ``patient``: the bound being applied.
+    patience_s: float | None = None
+    #: Judged as waiting for the best set its node type offers: a node that can give it
+    #: only a worse set fails (set by ``extender.patience`` for one decision, never
+    #: decoded from the pod).
+    patient: bool = False
 
     @property
     def empty(self) -> bool:
@@ -118,6 +134,7 @@ class GpuRequest:
             tuple((c.count, c.shared) for c in self.containers),
             -1 if self.min_link is None else self.min_link.rank,
             self.required,
+            self.patience_s if self.patient else None,
         )
 
     @property
@@ -131,6 +148,8 @@ class GpuRequest:
             f" min-link={self.min_link}"
             f" {LINK_POLICY_REQUIRED if self.required else LINK_POLICY_PREFERRED}"
         )
+        if self.patience_s is not None:
+            link += f" best-set-patience={format_duration(self.patience_s)}"
         return ",".join(parts) + link
 
     @classmethod
@@ -183,7 +202,8 @@ class GpuRequest:
         meta = _mapping(pod.get("metadata"), "Pod.metadata")
         annotations = _annotations(meta.get("annotations"))
         min_link, required = _constraint(annotations)
-        return cls(containers=tuple(containers), min_link=min_link, required=required)
+        return cls(containers=tuple(containers), min_link=min_link, required=required,
+                   patience_s=_patience(annotations))
 
 
 def pod_ref(pod: Mapping[str, Any]) -> PodRef:
@@ -244,6 +264,21 @@ def _constraint(annotations: Mapping[str, str]) -> tuple[Link | None, bool]:
                 f"(allowed: {MIN_LINK_VALUES_TEXT})"
             )
     return min_link, required
+
+
+def _patience(annotations: Mapping[str, str]) -> float | None:
+    raw = annotations.get(BEST_SET_PATIENCE_ANNOTATION)
+    if raw is None:
+        return None
+    where = f"Pod.metadata.annotations[{BEST_SET_PATIENCE_ANNOTATION}]"
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as e:
+        raise RequestError(f"{where}: {e}; \"0\" for no wait") from None
+    if seconds > MAX_BEST_SET_PATIENCE_S:
+        raise RequestError(f"{where}: {show(raw)} is longer than the "
+                           f"{format_duration(MAX_BEST_SET_PATIENCE_S)} allowed")
+    return seconds
 
 
 def _container_count(c: Mapping[str, Any], names: tuple[str, ...], where: str) -> int:

@@ -10,10 +10,13 @@ carries a megabyte of someone else's input.
 (None, "'Main' is not a DNS-1123 label (lower-case a-z, 0-9 and '-', at most 63)")
 >>> show("x" * 100)
 "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (100 characters)"
+>>> parse_duration("1h30m"), parse_duration("600"), format_duration(5400.0)
+(5400.0, 600.0, '1h30m')
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 
@@ -21,6 +24,8 @@ __all__ = [
     "MAX_ANNOTATIONS_BYTES",
     "dns_label_problem",
     "dns_subdomain_problem",
+    "format_duration",
+    "parse_duration",
     "qualified_name_problem",
     "show",
     "uid_problem",
@@ -34,6 +39,12 @@ _UID: Final = re.compile(r"[\x21-\x7e]{1,128}")
 #: ``TotalAnnotationSizeLimitB`` of apimachinery: keys and values together.
 MAX_ANNOTATIONS_BYTES: Final = 256 * 1024
 _SHOWN: Final = 44
+#: A duration as Go's ``time.ParseDuration`` writes hours, minutes and seconds
+#: (``"1h30m"``, ``"10m"``, ``"45s"``, ``"1.5h"``), or a bare number of seconds.
+_DURATION_PART: Final = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,9})?)(h|m|s)")
+_DURATION: Final = re.compile(r"(?:[0-9]{1,9}(?:\.[0-9]{1,9})?[hms])+")
+_SECONDS: Final = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
+_UNIT_S: Final = {"h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def show(value: object) -> str:
@@ -76,3 +87,26 @@ def uid_problem(value: str) -> str | None:
     if _UID.fullmatch(value):
         return None
     return f"{show(value)} is not a UID (1 to 128 printable ASCII characters)"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a bare number of seconds (``"600"``) or Go's hours, minutes
+    and seconds (``"1h30m"``, ``"10m"``, ``"0"``). Raises ValueError naming the forms."""
+    value = text.strip()
+    if _SECONDS.fullmatch(value):
+        return float(value)
+    if _DURATION.fullmatch(value):
+        return sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(value))
+    raise ValueError(f"{show(text)} is not a duration (seconds, or e.g. 90s, 10m, 1h30m)")
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as Go writes a duration, to the second: ``10m``, ``1h30m``, ``45s``."""
+    if math.isinf(seconds):
+        return "inf"
+    if seconds != int(seconds) or seconds < 60:
+        return f"{seconds:g}s"
+    s = int(seconds)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((h, "h"), (m, "m"), (sec, "s")) if n)

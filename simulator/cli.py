@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from simulator.cluster import (
 )
 from simulator.comm import DEFAULT_SHARE, CommModel
 from simulator.compare import Comparison, compare
-from simulator.decisions import RequestError, gpu_request
+from simulator.decisions import RequestError, gpu_request, parse_duration
 from simulator.engine import Settings
 from simulator.policies import EXTRA_POLICIES, POLICIES, POLICY_NAMES, Policy
 from simulator.report import table, write_html
@@ -83,6 +84,9 @@ def add_simulate(sub: argparse._SubParsersAction[Any]) -> None:
                    "2=NV2,nvlink (per pod size; an entry without SIZE for the others)")
     m.add_argument("--link-policy", choices=["required", "preferred"],
                    help="gputopo.io/link-policy (default preferred)")
+    m.add_argument("--best-set-patience", metavar="DURATION",
+                   help="the extender's --best-set-patience for topology: seconds, e.g. "
+                   "10m, 1h, 0 (no wait) or inf (no limit); default: the extender's")
     m.add_argument("--cpu-per-gpu", type=float, default=0.0,
                    help="CPU cores each pod requests per GPU (default 0: none)")
     m.add_argument("--memory-gib-per-gpu", type=float, default=0.0,
@@ -129,7 +133,19 @@ def _settings(args: argparse.Namespace) -> Settings:
                 raise _BadInput(f"--min-link: {e}") from None
     return Settings(seed=args.seed, bind_lag=args.bind_lag, comm=comm,
                     cpu_per_gpu=args.cpu_per_gpu, memory_gib_per_gpu=args.memory_gib_per_gpu,
-                    min_link=default, min_link_by_size=by_size, link_policy=args.link_policy)
+                    min_link=default, min_link_by_size=by_size, link_policy=args.link_policy,
+                    best_set_patience_s=_patience(args.best_set_patience))
+
+
+def _patience(text: str | None) -> float | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "inf":
+        return math.inf
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise _BadInput(f"--best-set-patience: {e}, or inf") from None
 
 
 def _cluster(args: argparse.Namespace) -> Cluster:

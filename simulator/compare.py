@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,9 +31,12 @@ class Comparison:
             "cluster": {"source": self.cluster.source, "nodes": len(self.cluster.nodes),
                         "gpus": self.cluster.gpus, "description": self.cluster.describe()},
             "settings": {**{k: v for k, v in asdict(s).items() if k != "comm"},
-                         "comm_share": [s.comm.low, s.comm.high]},
+                         "comm_share": [s.comm.low, s.comm.high],
+                         "best_set_patience_s": _seconds(s.best_set_patience_s)},
             "policies": {m.policy: {**m.as_json(),
                                     "rebinds": r.rebinds,
+                                    "passed_over": r.passed_over,
+                                    "best_set_patience_s": _seconds(r.best_set_patience_s),
                                     "plugin_overrides": r.plugin_overrides,
                                     "scheduling_cycles": r.cycles,
                                     "wall_s": round(r.wall_s, 3),
@@ -41,6 +45,11 @@ class Comparison:
                                         for j, why in (*r.unrunnable, *r.never_ran)]}
                          for m, r in zip(self.metrics, self.runs, strict=True)},
         }
+
+
+def _seconds(value: float | None) -> float | str | None:
+    """JSON has no infinity: an unlimited patience is written ``"inf"``."""
+    return "inf" if value == math.inf else value
 
 
 def compare(

@@ -6,9 +6,13 @@ Everything here is the running services' own decision code, called in process:
   reservations of binds in flight, as in the extender process;
 * ``extender.request.GpuRequest.from_pod`` reads each simulated pod's request from a Pod
   object, as the verbs do;
-* ``extender.filter.decide`` and ``extender.prioritize.scores`` are what ``/filter``
-  and ``/prioritize`` answer; ``extender.bind.choose`` is what ``/bind`` decides under
-  its per-node lock (then it reserves, writes, and commits);
+* ``extender.filter.judge_pod`` (``decide`` with delay scheduling, at the simulated
+  time) and ``extender.prioritize.scores`` are what ``/filter`` and ``/prioritize``
+  answer; ``extender.bind.choose`` is what ``/bind`` decides under its per-node lock
+  (then it reserves, writes, and commits), on the request as
+  ``extender.patience.Patience`` judges it then;
+* ``extender.config.DEFAULT_BEST_SET_PATIENCE_S`` is the patience of the extender's
+  ``--best-set-patience`` when the run names none;
 * ``extender.plan.place`` answers "could an empty node of this type ever take it";
 * ``extender.filesource.load_cluster_file`` reads the extender's cluster file;
 * ``plugin.resources.TopologyResourceManager.preferred`` is GetPreferredAllocation,
@@ -22,18 +26,22 @@ entry points move, this module is the only one to change.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+import extender.config
 from extender.bind import BindRefused, choose
 from extender.decisions import Decisions
 from extender.filesource import ClusterFileError, load_cluster_file
-from extender.filter import decide
+from extender.filter import judge_pod
+from extender.patience import Patience
 from extender.plan import Plan, place
 from extender.prioritize import scores
 from extender.request import GpuRequest, PodRef, RequestError
 from extender.state import FILE_SOURCE, ClusterState, Holding
+from extender.validation import parse_duration
 from plugin.cluster import PodInfo, PodKey
 from plugin.pods import PodEntry, entry_for
 from plugin.resources import Refused, TopologyResourceManager
@@ -56,9 +64,11 @@ __all__ = [
     "ClusterFileError",
     "ExtenderModel",
     "FileNode",
+    "Filtered",
     "NodePlugin",
     "RequestError",
     "gpu_request",
+    "parse_duration",
     "read_cluster_file",
 ]
 
@@ -119,13 +129,30 @@ def read_cluster_file(path: str | Path) -> tuple[FileNode, ...]:
     )
 
 
-class ExtenderModel:
-    """The extender's state and verbs for one simulated cluster (one run of a policy)."""
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Filtered:
+    """``/filter``'s answer: the candidates that pass, and whether the pod was passed
+    over for its best set (none passed; some could have taken it with a worse set)."""
 
-    def __init__(self, nodes: Sequence[tuple[str, Topology, Sequence[int]]]) -> None:
+    passed: list[str]
+    passed_over: bool
+
+
+class ExtenderModel:
+    """The extender's state and verbs for one simulated cluster (one run of a policy).
+
+    ``patience_s``: the extender's ``--best-set-patience`` (None: its default;
+    ``math.inf``: pods wait for their best set without limit).
+    """
+
+    def __init__(self, nodes: Sequence[tuple[str, Topology, Sequence[int]]], *,
+                 patience_s: float | None = None) -> None:
         self.state = ClusterState()
         # The verdict caches the app keeps beside its state (extender.app does the same).
         self.decisions = Decisions(self.state)
+        # Read when the run starts, so that the extender's default is what runs.
+        self.patience = Patience(extender.config.DEFAULT_BEST_SET_PATIENCE_S
+                                 if patience_s is None else patience_s)
         self._ids: dict[str, GpuIds] = {}
         for name, topology, used in nodes:
             self.state.set_topology(name, topology)
@@ -138,19 +165,31 @@ class ExtenderModel:
                 ))
         self.state.synced = True
 
-    def filter(self, request: GpuRequest, names: list[str]) -> list[str]:
-        """``/filter``: the candidates that pass (``NodeNames`` of the answer)."""
-        return decide(self.state, request, names, decisions=self.decisions).passed
+    @property
+    def patience_bounded(self) -> bool:
+        """Whether a waiting pod's patience ends (else time alone changes nothing)."""
+        return not math.isinf(self.patience.default_s)
+
+    def filter(self, request: GpuRequest, names: list[str], *, pod: str, now: float
+               ) -> Filtered:
+        """``/filter`` for the pod ``pod`` (its UID) at ``now``: who passes
+        (``NodeNames`` of the answer), and whether the pod was passed over."""
+        out = judge_pod(self.state, request, names, uid=pod, now=now,
+                        patience=self.patience, decisions=self.decisions)
+        return Filtered(passed=out.passed, passed_over=not out.passed and bool(out.waiting))
 
     def prioritize(self, request: GpuRequest, names: list[str]) -> list[int]:
         """``/prioritize``: the 0..10 score of every candidate, in order."""
         return scores(self.state, request, names, decisions=self.decisions)
 
-    def bind(self, uid: str, node: str, request: GpuRequest) -> tuple[int, ...] | str:
-        """``/bind``: choose the set on the state as it is now, reserve it, then (the
-        writes having succeeded) commit it. The GPU indices, or why the bind failed."""
-        pod = PodRef(namespace=_NAMESPACE, name=uid, uid=uid)
-        chosen = choose(self.state, node, request, pod)
+    def bind(self, uid: str, node: str, request: GpuRequest, *, pod: str, now: float
+             ) -> tuple[int, ...] | str:
+        """``/bind``: choose the set on the state as it is now (for the pod ``pod`` as
+        delay scheduling judges it at ``now``), reserve it, then (the writes having
+        succeeded) commit it under ``uid``. The GPU indices, or why the bind failed."""
+        ref = PodRef(namespace=_NAMESPACE, name=uid, uid=uid)
+        judged = self.patience.request_at(pod, request, now)
+        chosen = choose(self.state, node, judged, ref)
         if isinstance(chosen, BindRefused):
             return chosen.reason
         self.state.reserve(chosen)

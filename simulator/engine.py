@@ -23,6 +23,11 @@ One :class:`Simulation` replays one workload on one cluster under one policy:
   GPUs (``G`` = the largest node's GPUs), tried only when that many nodes are wholly
   free and placed all or nothing (coscheduling's Permit: a failed member releases the
   others).
+* **Delay scheduling** (``topology``): the extender's filter may pass a pod over while
+  it waits for its best set (``extender.patience``). kube-scheduler tries such a pod
+  again at the next event, or ``MAX_UNSCHEDULABLE_S`` (5 minutes) after the pass at the
+  latest: a pass runs then, so a pod whose patience ran out is placed without waiting
+  for an arrival or a completion.
 * **Devices** are picked when the pod is bound: at random (count, binpack), by NVIDIA's
   best-effort policy (local), or by the device plugin honouring the extender's set.
 * A job that no node could ever take is counted as unrunnable and never queued; the run
@@ -52,6 +57,7 @@ from simulator.decisions import (
 from simulator.kube import (
     DEFAULT_MEMORY,
     DEFAULT_MILLI_CPU,
+    MAX_UNSCHEDULABLE_S,
     NodeCapacity,
     balanced_allocation,
     capacity_of,
@@ -93,6 +99,9 @@ class Settings:
     min_link: str | None = None
     min_link_by_size: tuple[tuple[int, str], ...] = ()
     link_policy: str | None = None
+    #: The extender's ``--best-set-patience`` in seconds (None: its default;
+    #: ``math.inf``: no limit), for ``topology`` policies.
+    best_set_patience_s: float | None = None
 
     def link_for(self, size: int) -> str | None:
         """The min-link a pod of ``size`` GPUs carries (none for one GPU)."""
@@ -159,6 +168,10 @@ class Run:
     rebinds: int
     #: Pods whose device-plugin set differed from the extender's (topology only).
     plugin_overrides: int
+    #: Pods the extender's filter passed over at least once, waiting for their best set.
+    passed_over: int
+    #: The extender's best-set patience in the run, seconds (None: no extender).
+    best_set_patience_s: float | None
     #: (time, GPUs held by jobs) at every instant it changed.
     timeline: tuple[tuple[float, int], ...]
     #: GPUs the jobs could use (the cluster's, less those held outside the run).
@@ -168,11 +181,14 @@ class Run:
 
 
 class _Pod:
-    __slots__ = ("cancelled", "devices", "job", "node", "offered", "size", "uid")
+    __slots__ = ("cancelled", "devices", "job", "key", "node", "offered", "size", "uid")
 
-    def __init__(self, job: _Job, uid: str, size: int) -> None:
+    def __init__(self, job: _Job, uid: str, size: int, key: str) -> None:
         self.job = job
         self.uid = uid
+        #: The pod as kube-scheduler retries it (one Pod object, whatever the attempt):
+        #: what the extender keeps delay scheduling's clock by.
+        self.key = key
         self.size = size
         self.node = -1
         self.devices: tuple[int, ...] = ()
@@ -244,7 +260,8 @@ class Simulation:
         self.to_find = num_feasible_nodes_to_find(policy.nodes_to_score_percent, self.n)
         self.next_start = 0
         self.ext = ExtenderModel(
-            [(n.name, n.topology, n.used) for n in nodes]) if policy.extender else None
+            [(n.name, n.topology, n.used) for n in nodes],
+            patience_s=settings.best_set_patience_s) if policy.extender else None
         self.plugins = [NodePlugin(n.name, n.topology) for n in nodes] \
             if policy.devices == "plugin" else []
         seed = settings.seed
@@ -269,6 +286,9 @@ class Simulation:
         self.overrides = 0
         self.held = 0
         self.timeline: list[tuple[float, int]] = []
+        #: Pods passed over for their best set (ever, and in the current pass).
+        self.passed_over: set[str] = set()
+        self.waiting = False
         self._ring_memo: dict[tuple[str, int, int], Link | None] = {}
         self._best_memo: dict[tuple[str, int], Link | None] = {}
         self._offer_memo: dict[tuple[str, int, int], bool] = {}
@@ -349,8 +369,13 @@ class Simulation:
         ext = self.ext
         if ext is not None:
             request = self.requests[k]
-            passed = ext.filter(request, [self.names[i] for i in candidates])
+            answer = ext.filter(request, [self.names[i] for i in candidates], pod=pod.key,
+                                now=self.now)
+            passed = answer.passed
             if not passed:
+                if answer.passed_over:
+                    self.waiting = True
+                    self.passed_over.add(pod.key)
                 return False
             if len(passed) == 1:
                 node = self.index[passed[0]]
@@ -408,7 +433,8 @@ class Simulation:
             return
         k = pod.size
         if self.ext is not None:
-            chosen = self.ext.bind(pod.uid, self.names[node], self.requests[k])
+            chosen = self.ext.bind(pod.uid, self.names[node], self.requests[k], pod=pod.key,
+                                   now=self.now)
             if isinstance(chosen, str):
                 self.failed_binds += 1
                 self._take(node, k, -1)
@@ -567,7 +593,8 @@ class Simulation:
         size = job.job.num_gpus if kind == "pod" else self.G
         count = 1 if kind == "pod" else n
         suffix = "" if job.attempt == 1 else f"-r{job.attempt - 1}"
-        job.pods = [_Pod(job, f"{job.job.job_id}-{m}{suffix}", size) for m in range(count)]
+        job.pods = [_Pod(job, f"{job.job.job_id}-{m}{suffix}", size, f"{job.job.job_id}-{m}")
+                    for m in range(count)]
 
     def _schedule_job(self, job: _Job) -> bool:
         self._new_pods(job)
@@ -626,10 +653,13 @@ class Simulation:
         i = 0
         done = 0
         completions = self.completions
-        while i < n or completions:
+        wake = math.inf  # a pass for pods passed over (kube-scheduler's 5-minute flush)
+        bounded = self.ext is not None and self.ext.patience_bounded
+        while i < n or completions or (wake < math.inf and bounded):
             t = jobs[i].submit_s if i < n else math.inf
             if completions and completions[0][0] <= t:
                 t = completions[0][0]
+            t = min(t, wake)
             self.now = t
             while completions and completions[0][0] <= t:
                 self._finish(heapq.heappop(completions)[2])
@@ -639,7 +669,9 @@ class Simulation:
                 self._arrive(i, jobs[i])
                 i += 1
             done += len(self.unrunnable) - unrunnable
+            self.waiting = False
             self._pass()
+            wake = t + MAX_UNSCHEDULABLE_S if self.waiting else math.inf
             if not self.timeline or self.timeline[-1][1] != self.held:
                 self.timeline.append((t, self.held))
             if self.progress is not None and done:
@@ -654,7 +686,9 @@ class Simulation:
             policy=self.policy.name, records=tuple(self.records),
             unrunnable=tuple(self.unrunnable), never_ran=never,
             failed_binds=self.failed_binds, rebinds=self.rebinds,
-            plugin_overrides=self.overrides, timeline=tuple(self.timeline),
+            plugin_overrides=self.overrides, passed_over=len(self.passed_over),
+            best_set_patience_s=None if self.ext is None else self.ext.patience.default_s,
+            timeline=tuple(self.timeline),
             capacity=sum(self.size) - sum(self.fixed), cycles=self.cycle,
             wall_s=time.perf_counter() - started,
         )

@@ -23,6 +23,11 @@ node no scoring happens. Feasible nodes are searched from a rotating start until
 ``max(100, n * pct / 100)`` with ``pct`` = percentageOfNodesToScore, adaptive
 ``max(5, 50 - n / 125)`` when unset, as in the default profile; the gputopo profile sets
 100).
+
+An unschedulable pod is tried again on every cluster event (an extender registers no
+queueing hints, so every event counts) and at the latest
+``podMaxInUnschedulablePodsDuration`` (5 minutes) after its last try
+(``flushUnschedulablePodsLeftover``, pkg/scheduler/backend/queue).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ __all__ = [
     "DEFAULT_MEMORY",
     "DEFAULT_MILLI_CPU",
     "MAX_NODE_SCORE",
+    "MAX_UNSCHEDULABLE_S",
     "NodeCapacity",
     "balanced_allocation",
     "capacity_of",
@@ -46,6 +52,9 @@ __all__ = [
 ]
 
 MAX_NODE_SCORE: Final = 100
+#: ``podMaxInUnschedulablePodsDuration``: an unschedulable pod is tried again this long
+#: after its last try at the latest, cluster events or not.
+MAX_UNSCHEDULABLE_S: Final = 300.0
 #: Non-zero defaults for a container without cpu/memory requests (scoring only).
 DEFAULT_MILLI_CPU: Final = 100
 DEFAULT_MEMORY: Final = 200 * 1024 * 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -98,6 +99,11 @@ def table(comparison: Comparison) -> str:
     c = comparison
     head = (f"{c.workload.source}: {len(c.workload.jobs)} jobs on {c.cluster.describe()}, "
             f"seed {c.settings.seed}")
+    patience = sorted({r.best_set_patience_s for r in c.runs
+                       if r.best_set_patience_s is not None})
+    if patience:
+        head += ", the extender's best-set patience " + ", ".join(
+            duration(p) if p < math.inf else "unlimited" for p in patience)
     return "\n".join([
         head, "", _text(*_rows(c.metrics)), "",
         "per job size (best-set share of multi-GPU jobs / mean queueing delay):",

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ALLOCATED_GPUS_ANNOTATION",
     "ASSIGNED_GPUS_ANNOTATION",
+    "BEST_SET_PATIENCE_ANNOTATION",
     "DEFAULT_RESOURCE_NAME",
     "GPUTOPOLOGY_GROUP",
     "GPUTOPOLOGY_KIND",
@@ -41,6 +42,10 @@ LINK_POLICY_ANNOTATION = f"{_PREFIX}/link-policy"
 LINK_POLICY_REQUIRED = "required"
 LINK_POLICY_PREFERRED = "preferred"
 LINK_POLICY_VALUES = (LINK_POLICY_REQUIRED, LINK_POLICY_PREFERRED)
+#: Written by users: how long a multi-GPU pod whose link policy is not ``required`` may
+#: wait for the best set its node type offers (``"0"``: not at all; ``"30m"``, ``"1h"``,
+#: or seconds); without it, the extender's ``--best-set-patience``.
+BEST_SET_PATIENCE_ANNOTATION = f"{_PREFIX}/best-set-patience"
 
 #: Written by the extender at bind: {container name: [GPU UUID, ...]}.
 ASSIGNED_GPUS_ANNOTATION = f"{_PREFIX}/assigned-gpus"

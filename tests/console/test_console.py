@@ -22,7 +22,12 @@ from console.views import explain, node_summaries
 from extender.filter import decide
 from extender.request import GpuRequest
 from topology.handoff import encode_gpu_sets, gputopology_object, stable_gpu_uuid
-from topology.names import ASSIGNED_GPUS_ANNOTATION, LINK_POLICY_ANNOTATION, MIN_LINK_ANNOTATION
+from topology.names import (
+    ASSIGNED_GPUS_ANNOTATION,
+    BEST_SET_PATIENCE_ANNOTATION,
+    LINK_POLICY_ANNOTATION,
+    MIN_LINK_ANNOTATION,
+)
 from topology.presets import preset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,6 +207,32 @@ class TestExplainOnApiObjects:
         text = explanation_text(e)
         assert "No GPU node can take it now." in text
         assert text.rstrip().endswith("16 requested. (x3)")
+
+    def test_a_pod_that_would_wait_for_its_best_set(self) -> None:
+        """gpu-a (DGX-1) has only GPUs 3 and 7 free: an NV1 pair, not its best (NV2).
+        gpu-b (all SYS) gives a pair its best (SYS) while it has GPUs free."""
+        held = _pod("held", 6, node="gpu-a", sets=[0, 1, 2, 4, 5, 6])
+        pair = _pod("pair", 2)
+        text = explanation_text(explain(self.state_with(held), pod=pair, ref="ml/pair"))
+        rows = lines_of(text)
+        assert rows["gpu-a"].startswith("gpu-a fits, not its best set score ")
+        assert rows["gpu-b"].startswith("gpu-b fits score ")
+        assert "While some give it the best set its node type offers, the extender " \
+               "fails those that do not:" in text
+        full = _pod("full", 8, node="gpu-b", sets=list(range(8)))
+        waiting = explain(self.state_with(held, full), pod=pair, ref="ml/pair")
+        assert waiting is not None and waiting.waits_for_best_set
+        assert ("1 GPU node(s) could take it now, none with the best set its node type "
+                "offers: the extender passes it over for that set for up to the "
+                "extender's --best-set-patience (default 4h)") in explanation_text(waiting)
+        own = _pod("own", 2, annotations={BEST_SET_PATIENCE_ANNOTATION: "30m"})
+        text = explanation_text(explain(self.state_with(held, full), pod=own, ref="ml/own"))
+        assert "main=2 best-set-patience=30m" in text
+        assert "for up to its gputopo.io/best-set-patience, 30m" in text
+        never = _pod("never", 2, annotations={BEST_SET_PATIENCE_ANNOTATION: "0"})
+        e = explain(self.state_with(held, full), pod=never, ref="ml/never")
+        assert e is not None and not e.waits_for_best_set
+        assert "1 GPU node(s) can take it now" in explanation_text(e)
 
     def test_nodes_of_the_same_state(self) -> None:
         state = self.state_with(_pod("x", 2, node="gpu-a", sets=[0, 3]))

@@ -158,6 +158,8 @@ def test_philly_subset_on_64_dgx1() -> None:
     assert code == 0 and p["topology"]["jobs"] == 15_000
     assert p["count"]["best_set_share"] < p["local"]["best_set_share"] \
         < p["topology"]["best_set_share"]
-    # Every miss of topology's is a cycle in which no node that fit had a best set left.
+    # Every miss of topology's is a cycle in which no node that fit had a best set left,
+    # and with the extender's default patience those are few: the 99%.
     assert p["topology"]["best_set_share_when_offered"] == 1.0
+    assert p["topology"]["best_set_share"] >= 0.99
     assert p["topology"]["unrunnable"] == 0

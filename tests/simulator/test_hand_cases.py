@@ -61,10 +61,11 @@ def test_ring_ratio_and_communication_model(policy: str) -> None:
     Its only set is 0,1,6,7: the best ring through it is SYS (6 GB/s), while an empty
     DGX-1's best ring of 4 is NV1 (25 GB/s). Ratio 6/25 = 0.24, not a best set. With a
     communication share of 0.2 the job runs 0.8 + 0.2 / 0.24 = 1.6333 times as long:
-    980 s.
+    980 s. (Without delay scheduling: with it, topology's job would first wait its
+    patience for a best ring that never frees.)
     """
     m = by_policy(run(cluster(nodes("dgx1-v100", 1, used=(2, 3, 4, 5))),
-                      jobs((0, 4, 600)), policy))[policy].overall
+                      jobs((0, 4, 600)), policy, best_set_patience_s=0.0))[policy].overall
     assert m.best_set_share == 0
     assert m.mean_ring_bandwidth_ratio == pytest.approx(0.24)
     assert m.mean_slowdown == pytest.approx(0.8 + 0.2 / 0.24)
@@ -135,3 +136,42 @@ def test_a_bind_in_flight_makes_a_later_bind_fail_and_it_is_retried() -> None:
         second = next(x for x in r.records if x.job_id == "j1")
         assert second.wait_s == 100 and second.best_set is True
         assert r.plugin_overrides == 0
+
+
+# A DGX-1 whose GPUs 2, 4, 5, 6 are held outside the run: free 0, 1, 3, 7. Its only NV2
+# pair is 0-3 (the best pair of a DGX-1); 1-7 is SYS. The first 2-GPU job takes 0-3.
+WAIT_FOR_NV2 = dict(used=(2, 4, 5, 6))
+
+
+def test_patience_waits_for_the_nv2_pair_that_frees_later() -> None:
+    """Job 0 (2 GPUs, 100 s) takes 0-3 at 0. Job 1 (2 GPUs) arrives at 1: only the SYS
+    pair 1-7 is free. With 10 minutes of patience the extender passes it over; at 100
+    job 0 ends (an event: kube-scheduler retries it) and it takes 0-3: wait 99, best
+    set, ratio 1."""
+    c = cluster(nodes("dgx1-v100", 1, **WAIT_FOR_NV2))  # type: ignore[arg-type]
+    r = run(c, jobs((0, 2, 100), (1, 2, 50)), "topology", best_set_patience_s=600.0).runs[0]
+    second = next(x for x in r.records if x.job_id == "j1")
+    assert second.wait_s == 99 and second.best_set is True
+    assert second.placements[0].devices == (0, 3)
+    assert r.passed_over == 1
+
+
+def test_without_patience_the_pod_takes_the_sys_pair_at_once() -> None:
+    """The same with patience 0: job 1 takes 1-7 (SYS, 6 GB/s against NV2's 50) at 1."""
+    c = cluster(nodes("dgx1-v100", 1, **WAIT_FOR_NV2))  # type: ignore[arg-type]
+    r = run(c, jobs((0, 2, 100), (1, 2, 50)), "topology", best_set_patience_s=0.0).runs[0]
+    second = next(x for x in r.records if x.job_id == "j1")
+    assert second.wait_s == 0 and second.best_set is False
+    assert second.placements[0].devices == (1, 7)
+    assert second.ring_ratio == pytest.approx(6 / 50)
+    assert r.passed_over == 0
+
+
+def test_after_its_patience_the_pod_takes_the_worse_set_at_the_five_minute_retry() -> None:
+    """Patience 60 s, job 0 runs 1,000 s: job 1 is passed over at 1; no event comes, so
+    kube-scheduler tries it again 300 s later (podMaxInUnschedulablePodsDuration), when
+    its patience is over: it takes the SYS pair at 301."""
+    c = cluster(nodes("dgx1-v100", 1, **WAIT_FOR_NV2))  # type: ignore[arg-type]
+    r = run(c, jobs((0, 2, 1000), (1, 2, 50)), "topology", best_set_patience_s=60.0).runs[0]
+    second = next(x for x in r.records if x.job_id == "j1")
+    assert second.start_s == 301 and second.best_set is False

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import extender.config
 import extender.prioritize
 import plugin.resources
 from simulator.cluster import Cluster, from_presets
@@ -15,7 +16,7 @@ from simulator.compare import Comparison
 from simulator.decisions import EXTENDER_WEIGHT
 from simulator.workload import Workload, synthetic
 
-from .helpers import by_policy, run
+from .helpers import by_policy, cluster, jobs, nodes, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,16 +52,18 @@ def test_synthetic_workload_is_a_function_of_its_seed() -> None:
 def test_changing_the_extenders_scoring_changes_topology_only(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Invert the prioritize formula (best sets score lowest): the topology run must
-    get worse sets; count, which does not call the extender, must not change."""
+    get worse sets; count, which does not call the extender, must not change. (Without
+    delay scheduling, which would hide the scores: a pod waiting for its best set passes
+    only where it gets it.)"""
     c, w = _small()
-    before = by_policy(run(c, w, "count", "topology"))
+    before = by_policy(run(c, w, "count", "topology", best_set_patience_s=0.0))
     original = extender.prioritize.score
 
     def inverted(plan, best_ring, best_pair):  # type: ignore[no-untyped-def]
         return 10 - original(plan, best_ring, best_pair)
 
     monkeypatch.setattr(extender.prioritize, "score", inverted)
-    after = by_policy(run(c, w, "count", "topology"))
+    after = by_policy(run(c, w, "count", "topology", best_set_patience_s=0.0))
     assert after["count"].as_json() == before["count"].as_json()
     b, a = before["topology"].overall, after["topology"].overall
     assert a.best_set_share is not None and b.best_set_share is not None
@@ -90,3 +93,21 @@ def test_extender_weight_is_the_manifests() -> None:
     config = yaml.safe_load(docs["data"]["config.yaml"])
     assert config["extenders"][0]["weight"] == EXTENDER_WEIGHT
     assert config["percentageOfNodesToScore"] == 100
+
+
+def test_topology_runs_with_the_extenders_default_patience(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --best-set-patience the simulation uses the extender's default: the same
+    as naming it; changing the extender's default changes the simulation."""
+    c = cluster(nodes("dgx1-v100", 1, used=(2, 4, 5, 6)))
+    w = jobs((0, 2, 100), (1, 2, 50))
+
+    def second_wait(**settings: object) -> float:
+        r = run(c, w, "topology", **settings).runs[0]
+        return next(x for x in r.records if x.job_id == "j1").wait_s
+
+    assert extender.config.DEFAULT_BEST_SET_PATIENCE_S >= 100  # long enough to wait here
+    assert second_wait() == second_wait(
+        best_set_patience_s=extender.config.DEFAULT_BEST_SET_PATIENCE_S) == 99
+    monkeypatch.setattr(extender.config, "DEFAULT_BEST_SET_PATIENCE_S", 0.0)
+    assert second_wait() == 0
