@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any, Final
 
 from aiohttp import web
@@ -48,7 +49,10 @@ from extender.context import Extender
 from extender.decisions import Answer, Decisions, Key
 from extender.encoding import (
     SCORE_TAILS,
+    escape_names,
     host_priorities,
+    host_priorities_body,
+    plain_names,
     scores_body,
 )
 from extender.plan import Plan, Verdict
@@ -218,10 +222,18 @@ def answer(decisions: Decisions, request: GpuRequest, names: list[str]) -> Answe
         return Answer(body=encode(names, values),
                       counts=Top(index=0 if names else -1, score=0))
     keys, distinct, ranked = _rank(decisions, request, names)
-    values = list(map(ranked.scores.__getitem__, keys))
-    best = max(map(ranked.scores.__getitem__, distinct), default=0)
-    top = values.index(best) if values else -1
-    return Answer(body=scores_body(names, values), counts=Top(index=top, score=best))
+    scores = ranked.scores
+    best = max(map(scores.__getitem__, distinct), default=0)
+    floor = min(map(scores.__getitem__, distinct), default=0)
+    # Per candidate, its score less the lowest, one byte each (scores are 0..10): the
+    # hosts to send are the non-zero bytes, their scores those bytes (see the module doc).
+    shifted = {k: scores[k] - floor for k in distinct}
+    sent = bytes(map(shifted.__getitem__, keys))
+    top = sent.index(best - floor) if sent else -1
+    hosts = list(compress(names, sent))
+    plain = hosts if plain_names(hosts) else escape_names(hosts)
+    tails = list(map(SCORE_TAILS.__getitem__, sent.translate(None, b"\0")))
+    return Answer(body=host_priorities_body(plain, tails), counts=Top(index=top, score=best))
 
 
 async def handle(ext: Extender, data: Any) -> web.Response:
