@@ -1,13 +1,15 @@
 """The real kube-scheduler with and without the extender, on a real control plane.
 
-    python benchmarks/bench_scheduler.py [--nodes 1000,5000] [--pods 2000] [--repeat 1]
+    python benchmarks/bench_scheduler.py [--nodes 1000,5000] [--pods 2000]
+                                         [--modes alone,null,extender] [--repeat 1]
 
 Per node count, on one loopback control plane (etcd, kube-apiserver; built by
 ``tests/e2e/cluster/build``): ``--nodes`` Node objects with 8 GPUs each (mixed presets)
 and their GPUTopology objects, as the device plugin publishes them. Then, in the same
-run, for each mode (``alone``: kube-scheduler counting GPUs, no extender; ``extender``:
-the same KubeSchedulerConfiguration from ``manifests/`` with the real gputopo-extender
-in API mode):
+run, for each mode (``alone``: kube-scheduler counting GPUs, no extender; ``null``: the
+KubeSchedulerConfiguration from ``manifests/`` with ``null_extender.py``, an extender that
+decides nothing, the floor of the protocol; ``extender``: the same configuration with
+the real gputopo-extender in API mode):
 
 1. ``--pods`` GPU pods (1/2/4/8 GPUs, seeded mix) are created while no scheduler runs;
 2. kube-scheduler starts; a watch records the time each pod is bound;
@@ -44,6 +46,7 @@ from tests.e2e.harness import (
     E2EUnavailable,
     LocalCluster,
     find_tools,
+    free_port,
     wait_for,
 )
 from tests.e2e.pods import gpu_pod, metric
@@ -189,11 +192,21 @@ def run_mode(cluster: LocalCluster, nodes: int, mode: str, sizes: list[int],
              timeout: float) -> Run:
     ns = f"bench-{mode}"
     cluster.ensure_namespace(ns)
-    with_extender = mode == "extender"
-    if with_extender:
+    with_extender = mode in ("null", "extender", "top")
+    ours = mode in ("extender", "top")
+    if mode == "extender":
         cluster._extender()
+    elif mode == "top":
+        cluster._extender("--filter-top-scored")
+    elif mode == "null":
+        cluster.extender_port = free_port()
+        cluster.extender = cluster._proc("null-extender", [
+            sys.executable, str(Path(__file__).with_name("null_extender.py")),
+            "--kubeconfig", str(cluster.kubeconfig), "--port", str(cluster.extender_port)])
+    if with_extender:
         cluster.extender.start()
         cluster.wait_extender_ready(timeout=300)
+    if ours:
         with urllib.request.urlopen(f"{cluster.extender_url}/metrics", timeout=30) as r:
             metrics_before = r.read().decode()
     watch = BindWatch(cluster, ns)
@@ -205,8 +218,8 @@ def run_mode(cluster: LocalCluster, nodes: int, mode: str, sizes: list[int],
         list(pool.map(create, range(len(sizes))))
     procs = {"kube-apiserver": cluster.apiserver}
     if with_extender:
-        procs["gputopo-extender"] = cluster.extender
-    cluster._scheduler(with_extender=with_extender)
+        procs["extender"] = cluster.extender
+    cluster._scheduler(with_extender=with_extender, prioritize=mode != "top")
     cluster.scheduler.start()
     procs["kube-scheduler"] = cluster.scheduler
     # CPU is read from the first bind on: the scheduler's start-up (informer sync of
@@ -222,7 +235,7 @@ def run_mode(cluster: LocalCluster, nodes: int, mode: str, sizes: list[int],
     bound = len(times)
     span = times[-1] - times[0] if bound > 1 else float("nan")
     extender_ms: dict[str, dict[str, float]] = {}
-    if with_extender:
+    if ours:
         with urllib.request.urlopen(f"{cluster.extender_url}/metrics", timeout=30) as r:
             text = r.read().decode()
         for verb in VERBS:
@@ -230,6 +243,16 @@ def run_mode(cluster: LocalCluster, nodes: int, mode: str, sizes: list[int],
             extender_ms[verb]["count"] -= histogram_quantiles(metrics_before, verb)["count"]
         extender_ms["bind_errors"] = {"count": metric(text, "gputopo_extender_binds_total",
                                                       {"result": "error"})}
+        # What filter answered per candidate node, and prioritize answers made ahead.
+        extender_ms["node_decisions"] = {
+            k: metric(text, "gputopo_extender_node_decisions_total", {"result": k})
+            - metric(metrics_before, "gputopo_extender_node_decisions_total", {"result": k})
+            for k in ("passed", "failed", "unresolvable", "unknown", "waiting", "outscored")}
+        extender_ms["prefetch"] = {
+            k: metric(text, "gputopo_extender_prioritize_prefetch_total", {"result": k})
+            - metric(metrics_before, "gputopo_extender_prioritize_prefetch_total",
+                     {"result": k})
+            for k in ("hit", "miss")}
     cluster.scheduler.stop()
     cluster.processes.remove(cluster.scheduler)
     if not done:
@@ -239,8 +262,9 @@ def run_mode(cluster: LocalCluster, nodes: int, mode: str, sizes: list[int],
     wait_for(f"pods of {ns} deleted",
              lambda: not cluster.api("GET", f"/api/v1/namespaces/{ns}/pods?limit=1")["items"],
              timeout=300)
-    if with_extender:
+    if ours:
         wait_for("the extender to release every GPU", lambda: _free_all(cluster), timeout=120)
+    if with_extender:
         cluster.extender.stop()
         cluster.processes.remove(cluster.extender)
     n = max(1, bound)
@@ -260,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", default="1000,5000", help="node counts (default %(default)s)")
     p.add_argument("--pods", type=int, default=2000)
+    p.add_argument("--modes", default="alone,null,extender",
+                   help="in this order, per node count (default %(default)s)")
     p.add_argument("--repeat", type=int, default=1, help="alternate the modes this often")
     p.add_argument("--qps", type=float, default=2000.0,
                    help="kube-scheduler client qps in both modes (burst 2x)")
@@ -285,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             sizes = pod_sizes(a.pods, a.seed)
             for _ in range(a.repeat):
-                for mode in ("alone", "extender"):
+                for mode in a.modes.split(","):
                     r = run_mode(cluster, count, mode, sizes, a.timeout)
                     runs.append(r)
                     print(f"  {count} nodes {mode}: {r.pods_per_s:.1f} pods/s "
@@ -302,22 +328,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(runs: list[Run]) -> None:
-    print("\n| nodes | mode | pods bound | pods/s | ratio to alone | CPU ms/pod: apiserver | "
-          "scheduler | extender |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    alone: dict[int, float] = {}
+    print("\n| nodes | mode | pods bound | pods/s | ratio to alone | ratio to null | "
+          "CPU ms/pod: apiserver | scheduler | extender | total |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rate = {(r.nodes, r.mode): r.pods_per_s for r in runs}
+
+    def ratio(r: Run, base: str) -> str:
+        b = rate.get((r.nodes, base))
+        return f"{r.pods_per_s / b:.2f}" if b else "-"
+
     for r in runs:
-        if r.mode == "alone":
-            alone[r.nodes] = r.pods_per_s
-        ratio = r.pods_per_s / alone[r.nodes] if alone.get(r.nodes) else float("nan")
         c = r.cpu_ms_per_pod
+        ext = f"{c['extender']:.1f}" if "extender" in c else "-"
         print(f"| {r.nodes} | {r.mode} | {r.bound}/{r.pods} | {r.pods_per_s:.1f} | "
-              f"{ratio:.2f} | {c.get('kube-apiserver', 0):.1f} | "
-              f"{c.get('kube-scheduler', 0):.1f} | "
-              f"{c['gputopo-extender']:.1f} |" if "gputopo-extender" in c else
-              f"| {r.nodes} | {r.mode} | {r.bound}/{r.pods} | {r.pods_per_s:.1f} | "
-              f"{ratio:.2f} | {c.get('kube-apiserver', 0):.1f} | "
-              f"{c.get('kube-scheduler', 0):.1f} | - |")
+              f"{ratio(r, 'alone')} | {ratio(r, 'null') if r.mode != 'null' else '-'} | "
+              f"{c.get('kube-apiserver', 0):.1f} | {c.get('kube-scheduler', 0):.1f} | "
+              f"{ext} | {sum(c.values()):.1f} |")
     print("\nExtender latency from its /metrics (histogram, interpolated):\n")
     print("| nodes | verb | calls | p50 ms | p99 ms |")
     print("| ---: | --- | ---: | ---: | ---: |")

@@ -28,18 +28,20 @@ from extender.bind import Binder
 from extender.cluster import Cluster
 from extender.config import ExtenderConfig, validate
 from extender.context import CONTEXT, Extender
-from extender.decisions import Decisions
+from extender.decisions import Answer, Decisions
 from extender.encoding import dumps_chunked, json_response
 from extender.guard import GUARD, track_requests
 from extender.intake import DIGEST, Intake, Shortcut
 from extender.logs import Throttle, suppressed
 from extender.metrics import CLIENT_GONE, CONTENT_TYPE_LATEST, Metrics
+from extender.narrow import top_scored
 from extender.page import render_page
 from extender.patience import Patience
 from extender.pods import RecentPods
 from extender.prefetch import Prefetch
+from extender.request import GpuRequest
 from extender.views import node_view, summary, topology_document
-from extender.wire import BadRequest, ClientGone
+from extender.wire import BadRequest, ClientGone, FilterArgs
 
 __all__ = ["BINDER", "ConfigError", "build_app"]
 
@@ -272,8 +274,14 @@ def build_app(
             return await fn(ext, data)
         return handler
 
+    narrow: filter_verb.Narrow | None = None
+    if cfg.filter_top_scored:
+        def narrow(args: FilterArgs, judged: GpuRequest,
+                   scored: GpuRequest) -> Answer[filter_verb.FilterCounts]:
+            return top_scored(ext.decisions, args, judged, scored)
+
     async def filter_handler(request: web.Request, data: Any) -> web.Response:
-        response, everyone = await filter_verb.handle(ext, data)
+        response, everyone = await filter_verb.handle(ext, data, narrow=narrow)
         key = request.get(DIGEST)
         if everyone is not None and key is not None \
                 and len(everyone.names) <= 2 * prioritize.SLICE:

@@ -95,12 +95,16 @@ class ExtenderConfig:
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
     identity: str = ""
-    #: Seconds allowed for the pod patch and the Binding together. With leader election
-    #: it must end before a successor can take over: <= lease_duration - renew_deadline.
+    #: Seconds allowed for the whole bind (the node's lock, the choice, the API call).
+    #: With leader election it must end before a successor can take over:
+    #: <= lease_duration - renew_deadline.
     bind_timeout_s: float = 5.0
     #: Seconds a multi-GPU pod whose link policy is not ``required`` waits for the best
     #: set its node type offers (0: it never waits; see extender.patience).
     best_set_patience_s: float = DEFAULT_BEST_SET_PATIENCE_S
+    #: Filter passes only the top-scored candidates (extender.narrow); kube-scheduler is
+    #: then configured without prioritizeVerb.
+    filter_top_scored: bool = False
     #: Nodes drawn on the "/" page at once (the rest are paged).
     page_nodes: int = 100
     log_level: str = "INFO"

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter, countOf
@@ -44,10 +45,12 @@ __all__ = [
     "FilterCounts",
     "FilterOutcome",
     "answer",
+    "counts_of",
     "decide",
     "decide_in_slices",
     "encode",
     "encode_names",
+    "encode_names_keeping",
     "error_result",
     "handle",
     "judge_pod",
@@ -96,6 +99,8 @@ class FilterCounts:
     unresolvable: int
     #: Could take the pod only with a worse set than its best (answered as unresolvable).
     waiting: int = 0
+    #: Passed, but left out for a better-scored candidate (``extender.narrow``).
+    outscored: int = 0
 
 
 class _Judged:
@@ -266,7 +271,7 @@ def _join(parts: list[_Parts]) -> Answer[FilterCounts] | None:
         [member_run(x.unresolvable, x.unresolvable_fragments) for x in parts if x.unresolvable],
     )
     counts = FilterCounts(**{k: sum(getattr(x.counts, k) for x in parts) for k in (
-        "passed", "failed", "unknown", "unresolvable", "waiting")})
+        "passed", "failed", "unknown", "unresolvable", "waiting", "outscored")})
     return Answer(body=body, counts=counts)
 
 
@@ -286,6 +291,24 @@ def encode_names(
     return _join([_parts(decisions, request, names)])
 
 
+def encode_names_keeping(
+    decisions: Decisions, request: GpuRequest, names: list[str],
+    keep: Callable[[list[str]], list[str]],
+) -> Answer[FilterCounts] | None:
+    """:func:`encode_names` with the candidates that passed narrowed by ``keep`` (given
+    two or more of them; see ``extender.narrow``). None where :func:`encode_names` is, and
+    for names that need escaping."""
+    if request.empty or not plain_names(names):
+        return None
+    parts = _parts(decisions, request, names)
+    if len(parts.passed) > 1:
+        kept = keep(parts.passed)
+        counts = dataclasses.replace(parts.counts, passed=len(kept),
+                                     outscored=len(parts.passed) - len(kept))
+        parts = dataclasses.replace(parts, passed=kept, counts=counts)
+    return _join([parts])
+
+
 def encode(args: FilterArgs, out: FilterOutcome) -> ExtenderFilterResult:
     """Answer in the form asked: ``NodeNames`` for names, ``Nodes`` for a NodeList."""
     nodes: dict[str, Any] | None = None
@@ -302,7 +325,7 @@ def error_result(message: str) -> ExtenderFilterResult:
     return filter_result(passed=None, failed={}, unresolvable={}, error=message)
 
 
-def _counts(out: FilterOutcome) -> FilterCounts:
+def counts_of(out: FilterOutcome) -> FilterCounts:
     unknown = countOf(out.failed.values(), UNKNOWN_NODE) if out.failed else 0
     return FilterCounts(passed=len(out.passed), failed=len(out.failed) - unknown,
                         unknown=unknown, unresolvable=len(out.unresolvable) - len(out.waiting),
@@ -338,7 +361,7 @@ def answer(decisions: Decisions, request: GpuRequest, args: FilterArgs) -> Answe
             if fast is not None:
                 return fast
         out = decide(decisions.state, request, args.names, decisions=decisions)
-        return Answer(body=json_bytes(encode(args, out)), counts=_counts(out))
+        return Answer(body=json_bytes(encode(args, out)), counts=counts_of(out))
 
     if not args.by_name or args.node_list is not None:
         return compute()
@@ -369,10 +392,17 @@ async def _patient_answer(
     out = settle(out, judged, uid=uid, now=now, patience=ext.patience)
     encoded = encode(args, out)
     body = await ext.intake.run(dumps_chunked, encoded) if large else json_bytes(encoded)
-    return Answer(body=body, counts=_counts(out))
+    return Answer(body=body, counts=counts_of(out))
 
 
-async def handle(ext: Extender, data: Any) -> tuple[web.Response, AllPassed | None]:
+#: The shared answer narrowed to the top-scored candidates (``extender.narrow``), from
+#: the filter's args, the request judged and the pod's own request.
+Narrow = Callable[[FilterArgs, GpuRequest, GpuRequest], Answer[FilterCounts]]
+
+
+async def handle(
+    ext: Extender, data: Any, *, narrow: Narrow | None = None
+) -> tuple[web.Response, AllPassed | None]:
     """The answer, and whether every candidate passed (see ``extender.prefetch``)."""
     args = decode_extender_args(data)
     pod = ext.pod("filter", args.pod)
@@ -405,7 +435,9 @@ async def handle(ext: Extender, data: Any) -> tuple[web.Response, AllPassed | No
         # in slices and encode off the event loop.
         out = await decide_in_slices(ext.state, gpu, args.names, decisions=ext.decisions)
         body = await ext.intake.run(dumps_chunked, encode(args, out))
-        result = Answer(body=body, counts=_counts(out))
+        result = Answer(body=body, counts=counts_of(out))
+    elif narrow is not None and args.by_name and args.node_list is None:
+        result = narrow(args, gpu, pod.request)
     else:
         result = answer(ext.decisions, gpu, args)
     if gpu.patient and not waited and result.counts.waiting and not result.counts.passed:
@@ -419,6 +451,8 @@ async def handle(ext: Extender, data: Any) -> tuple[web.Response, AllPassed | No
     d.labels("unresolvable").inc(c.unresolvable)
     if c.waiting:
         d.labels("waiting").inc(c.waiting)
+    if c.outscored:
+        d.labels("outscored").inc(c.outscored)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("filter pod=%s request=%s nodes=%d passed=%d failed=%d unknown=%d "
                   "unresolvable=%d waiting=%d", pod.ref, gpu.describe(), len(args.names),

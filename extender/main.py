@@ -118,8 +118,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ExtenderConfig:
     p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
                    help="this replica's name in the Lease (default $POD_NAME or the hostname)")
     p.add_argument("--bind-timeout", type=float, default=5.0,
-                   help="seconds for the pod patch and Binding together (default 5; at most "
-                        "the lease duration minus the renew deadline)")
+                   help="seconds for the whole bind: the node's lock, the choice, the API "
+                        "call (default 5; at most the lease duration minus the renew "
+                        "deadline)")
     p.add_argument("--best-set-patience", type=_duration, metavar="DURATION",
                    default=DEFAULT_BEST_SET_PATIENCE_S,
                    help="how long a multi-GPU pod whose link policy is not 'required' waits "
@@ -127,6 +128,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ExtenderConfig:
                         "seconds or e.g. 10m, 1h; 0: no wait; at most 24h (default "
                         f"{format_duration(DEFAULT_BEST_SET_PATIENCE_S)}); a pod's "
                         "gputopo.io/best-set-patience annotation overrides it")
+    p.add_argument("--filter-top-scored", action="store_true",
+                   help="filter passes only the candidates prioritize would score highest, "
+                        "so kube-scheduler can run without prioritizeVerb (one call per "
+                        "scheduling cycle instead of two; see docs/extender.md)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     a = p.parse_args(argv)
     host = a.host if a.host is not None else ("0.0.0.0" if a.tls_cert_file else "127.0.0.1")
@@ -145,6 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ExtenderConfig:
         lease_duration_s=a.lease_duration, renew_deadline_s=a.renew_deadline,
         retry_period_s=a.retry_period,
         bind_timeout_s=a.bind_timeout, best_set_patience_s=a.best_set_patience,
+        filter_top_scored=a.filter_top_scored,
         log_level=a.log_level.upper(),
     )
 

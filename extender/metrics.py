@@ -35,7 +35,8 @@ class Metrics:
         self.decisions = Counter(
             "gputopo_extender_node_decisions",
             "Per-node filter outcomes: passed, failed (GPUs in use), unresolvable, unknown "
-            "(no topology).", ["result"], registry=r)
+            "(no topology), waiting (for the best set), outscored (--filter-top-scored).",
+            ["result"], registry=r)
         self.pod_errors = Counter(
             "gputopo_extender_pod_errors",
             "Requests answered with an Error about the pod itself (invalid pod, bad "

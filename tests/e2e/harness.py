@@ -472,14 +472,14 @@ class LocalCluster:
                  on_timeout=self.diagnostics)
 
     # -- extender and scheduler --------------------------------------------------------
-    def _extender(self) -> None:
+    def _extender(self, *extra_args: str) -> None:
         self.extender_port = free_port()
         self.extender = self._proc("gputopo-extender", [
             str(Path(sys.executable).parent / "gputopo-extender"),
             "--kubeconfig", str(self.kubeconfig),
             "--host", "127.0.0.1", "--port", str(self.extender_port),
             "--lease-namespace", "kube-system", "--identity", "e2e-extender",
-            *self.spec.extender_args,
+            *self.spec.extender_args, *extra_args,
         ])
         self.extender.start()
 
@@ -492,8 +492,10 @@ class LocalCluster:
                  lambda: _http_ok(f"{self.extender_url}/readyz"), timeout=timeout,
                  on_timeout=lambda: self.extender.tail())
 
-    def scheduler_config(self, *, with_extender: bool) -> dict[str, Any]:
-        """The KubeSchedulerConfiguration shipped in manifests/, pointed at this cluster."""
+    def scheduler_config(self, *, with_extender: bool, prioritize: bool = True
+                         ) -> dict[str, Any]:
+        """The KubeSchedulerConfiguration shipped in manifests/, pointed at this cluster
+        (without ``prioritizeVerb`` for an extender run with ``--filter-top-scored``)."""
         cm = yaml.safe_load((REPO / "manifests" / "scheduler-config.yaml").read_text())
         cfg: dict[str, Any] = yaml.safe_load(cm["data"]["config.yaml"])
         cfg["leaderElection"] = {"leaderElect": False}
@@ -503,13 +505,16 @@ class LocalCluster:
         if with_extender:
             for ext in cfg.get("extenders") or []:
                 ext["urlPrefix"] = self.extender_url
+                if not prioritize:
+                    ext.pop("prioritizeVerb", None)
         else:
             cfg.pop("extenders", None)
         return cfg
 
-    def _scheduler(self, *, with_extender: bool) -> None:
+    def _scheduler(self, *, with_extender: bool, prioritize: bool = True) -> None:
         path = self.workdir / "scheduler-config.yaml"
-        path.write_text(yaml.safe_dump(self.scheduler_config(with_extender=with_extender)))
+        path.write_text(yaml.safe_dump(self.scheduler_config(with_extender=with_extender,
+                                                             prioritize=prioritize)))
         self.scheduler = self._proc("kube-scheduler", [
             self.tools["kube-scheduler"], "--config", str(path),
             "--bind-address", "127.0.0.1", "--secure-port", str(free_port()), "--v=2",
