@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, help="write every figure here")
     a = p.parse_args(argv)
+    # A SIGTERM unwinds through cluster.down(): no component outlives the benchmark.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         tools = find_tools()
     except E2EUnavailable as e:

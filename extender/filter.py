@@ -221,12 +221,17 @@ class _Parts:
     unresolvable: list[str]
     unresolvable_fragments: list[str]
     counts: FilterCounts
+    #: The keys of ``passed`` (given ``with_keys``), for ``extender.narrow``.
+    passed_keys: list[Key] = dataclasses.field(default_factory=list)
 
 
-def _parts(decisions: Decisions, request: GpuRequest, names: list[str]) -> _Parts:
+def _parts(decisions: Decisions, request: GpuRequest, names: list[str], *,
+           with_keys: bool = False) -> _Parts:
     judged, keys, codes = _judge(decisions, request, names)
     fails = codes.translate(_FAILS)
-    passed = list(compress(names, codes.translate(_PASSES)))
+    passes = codes.translate(_PASSES)
+    passed = list(compress(names, passes))
+    passed_keys = list(compress(keys, passes)) if with_keys else []
     failed = list(compress(names, fails))
     failed_fragments = list(map(judged.fragments.__getitem__, compress(keys, fails)))
     unresolvable: list[str] = []
@@ -245,7 +250,7 @@ def _parts(decisions: Decisions, request: GpuRequest, names: list[str]) -> _Part
         unresolvable = escape_names(unresolvable)
     return _Parts(passed=passed, failed=failed, failed_fragments=failed_fragments,
                   unresolvable=unresolvable, unresolvable_fragments=unresolvable_fragments,
-                  counts=counts)
+                  counts=counts, passed_keys=passed_keys)
 
 
 def _join(parts: list[_Parts]) -> Answer[FilterCounts] | None:
@@ -293,19 +298,19 @@ def encode_names(
 
 def encode_names_keeping(
     decisions: Decisions, request: GpuRequest, names: list[str],
-    keep: Callable[[list[str]], list[str]],
+    keep: Callable[[list[str], list[Key]], list[str]],
 ) -> Answer[FilterCounts] | None:
     """:func:`encode_names` with the candidates that passed narrowed by ``keep`` (given
-    two or more of them; see ``extender.narrow``). None where :func:`encode_names` is, and
-    for names that need escaping."""
+    two or more of them, with their keys; see ``extender.narrow``). None where
+    :func:`encode_names` is, and for names that need escaping."""
     if request.empty or not plain_names(names):
         return None
-    parts = _parts(decisions, request, names)
+    parts = _parts(decisions, request, names, with_keys=True)
     if len(parts.passed) > 1:
-        kept = keep(parts.passed)
+        kept = keep(parts.passed, parts.passed_keys)
         counts = dataclasses.replace(parts.counts, passed=len(kept),
                                      outscored=len(parts.passed) - len(kept))
-        parts = dataclasses.replace(parts, passed=kept, counts=counts)
+        parts = dataclasses.replace(parts, passed=kept, counts=counts, passed_keys=[])
     return _join([parts])
 
 

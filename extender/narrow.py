@@ -18,7 +18,7 @@ from itertools import compress
 
 from extender import filter as filter_verb
 from extender import prioritize
-from extender.decisions import Answer, Decisions
+from extender.decisions import Answer, Decisions, Key
 from extender.encoding import json_bytes
 from extender.filter import FilterCounts
 from extender.request import GpuRequest
@@ -38,10 +38,8 @@ def top_scored(
     if scored.empty:
         return filter_verb.answer(decisions, judged, args)
 
-    def keep(passed: list[str]) -> list[str]:
-        values = prioritize.scores(decisions.state, scored, passed, decisions=decisions)
-        top = max(values, default=0)
-        return list(compress(passed, [v == top for v in values]))
+    def keep(passed: list[str], keys: list[Key]) -> list[str]:
+        return prioritize.top_scored(decisions, scored, passed, keys)
 
     def compute() -> Answer[FilterCounts]:
         fast = filter_verb.encode_names_keeping(decisions, judged, args.names, keep)
@@ -51,7 +49,9 @@ def top_scored(
         if len(out.passed) < 2:
             return Answer(body=json_bytes(filter_verb.encode(args, out)),
                           counts=filter_verb.counts_of(out))
-        kept = keep(out.passed)
+        values = prioritize.scores(decisions.state, scored, out.passed, decisions=decisions)
+        top = max(values, default=0)
+        kept = list(compress(out.passed, [v == top for v in values]))
         counts = dataclasses.replace(filter_verb.counts_of(out), passed=len(kept),
                                      outscored=len(out.passed) - len(kept))
         out = dataclasses.replace(out, passed=kept)

@@ -71,6 +71,7 @@ __all__ = [
     "normalize",
     "score",
     "scores",
+    "top_scored",
     "scores_in_slices",
 ]
 
@@ -208,6 +209,24 @@ def scores(
         raise ValueError("these decisions belong to another ClusterState")
     keys, _, ranked = _rank(decisions, request, names)
     return list(map(ranked.scores.__getitem__, keys))
+
+
+def top_scored(
+    decisions: Decisions, request: GpuRequest, names: list[str], keys: list[Key]
+) -> list[str]:
+    """Those of ``names`` (whose node keys are ``keys``) at the highest score among them:
+    what :func:`scores` would rank first, without looking the keys up again."""
+    if request.empty:
+        return list(names)
+    ranked = decisions.table(request, _Ranked)
+    distinct = set(keys)
+    if not distinct <= ranked.seen:
+        decisions.judge_new(request, names, keys, ranked.seen, ranked.add)
+    _score(ranked, distinct)
+    scores = ranked.scores
+    top = max(map(scores.__getitem__, distinct), default=0)
+    best = {k for k in distinct if scores[k] == top}
+    return list(compress(names, map(best.__contains__, keys)))
 
 
 def encode(names: list[str], values: list[int]) -> bytes:

@@ -85,6 +85,20 @@ def test_main_mode_without_sources_refuses_to_render_an_open_policy(helm_bin: Pa
         render.helm_template(helm_bin, "scheduler.mode=main")
 
 
+def test_filter_top_scored_drops_prioritize_from_the_scheduler(helm_bin: Path) -> None:
+    _, objs = render.helm_template(helm_bin, "extender.filterTopScored=true")
+    (c,) = one(objs, "Deployment", "gputopo-extender")["spec"]["template"]["spec"]["containers"]
+    assert "--filter-top-scored" in c["args"]
+    cfg = yaml.safe_load(one(objs, "ConfigMap", "gputopo-scheduler-config")["data"]["config.yaml"])
+    (entry,) = cfg["extenders"]
+    assert "prioritizeVerb" not in entry
+    assert entry["filterVerb"] == "filter" and entry["bindVerb"] == "bind"
+    _, default = render.helm_template(helm_bin)
+    (c,) = one(default, "Deployment", "gputopo-extender")["spec"]["template"]["spec"][
+        "containers"]
+    assert "--filter-top-scored" not in c["args"]
+
+
 def test_tls_and_resource_name_reach_every_component(helm_bin: Path) -> None:
     _, objs = render.helm_template(helm_bin, "tls.enabled=true", "tls.secretName=my-tls",
                                    "resourceName=example.com/gpu", namespace="gpus")

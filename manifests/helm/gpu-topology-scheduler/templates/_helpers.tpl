@@ -22,7 +22,9 @@ ConfigMap and, for scheduler.mode=main, the snippet NOTES.txt prints. */}}
 {{- define "gputopo.extenderEntry" -}}
 - urlPrefix: {{ include "gputopo.extenderURL" . | quote }}
   filterVerb: filter
+{{- if not .Values.extender.filterTopScored }}
   prioritizeVerb: prioritize
+{{- end }}
   preemptVerb: preempt
   bindVerb: bind
   weight: {{ .Values.scheduler.extenderWeight }}
