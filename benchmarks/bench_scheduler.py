@@ -29,6 +29,7 @@ import argparse
 import json
 import random
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -57,6 +58,7 @@ from topology.presets import preset
 PRESETS = ("dgx1-v100", "dgx-a100", "hgx-h100", "pcie-8gpu-nvlink-pairs", "pcie-8gpu-sys")
 SIZES = ((1, 0.4), (2, 0.3), (4, 0.2), (8, 0.1))
 VERBS = ("filter", "prioritize", "bind")
+_ORDER = {"alone": 0, "null": 1, "extender": 2, "top": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +336,8 @@ def report(runs: list[Run]) -> None:
     print("\n| nodes | mode | pods bound | pods/s | ratio to alone | ratio to null | "
           "CPU ms/pod: apiserver | scheduler | extender | total |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    rate = {(r.nodes, r.mode): r.pods_per_s for r in runs}
+    rate = {key: statistics.median(r.pods_per_s for r in runs if (r.nodes, r.mode) == key)
+            for key in {(r.nodes, r.mode) for r in runs}}
 
     def ratio(r: Run, base: str) -> str:
         b = rate.get((r.nodes, base))
@@ -347,15 +350,26 @@ def report(runs: list[Run]) -> None:
               f"{ratio(r, 'alone')} | {ratio(r, 'null') if r.mode != 'null' else '-'} | "
               f"{c.get('kube-apiserver', 0):.1f} | {c.get('kube-scheduler', 0):.1f} | "
               f"{ext} | {sum(c.values()):.1f} |")
+    if len(runs) > len(rate):
+        print("\nMedians over the repeats (ratios of the medians):\n")
+        print("| nodes | mode | runs | pods/s | ratio to alone | ratio to null |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: |")
+        for nodes, mode in sorted(rate, key=lambda k: (k[0], _ORDER.get(k[1], 9))):
+            n = sum(1 for r in runs if (r.nodes, r.mode) == (nodes, mode))
+            alone, null = rate.get((nodes, "alone")), rate.get((nodes, "null"))
+            v = rate[(nodes, mode)]
+            print(f"| {nodes} | {mode} | {n} | {v:.1f} | "
+                  f"{f'{v / alone:.2f}' if alone else '-'} | "
+                  f"{f'{v / null:.2f}' if null and mode != 'null' else '-'} |")
     print("\nExtender latency from its /metrics (histogram, interpolated):\n")
-    print("| nodes | verb | calls | p50 ms | p99 ms |")
-    print("| ---: | --- | ---: | ---: | ---: |")
+    print("| nodes | mode | verb | calls | p50 ms | p99 ms |")
+    print("| ---: | --- | --- | ---: | ---: | ---: |")
     for r in runs:
         for verb in VERBS:
-            if verb in r.extender_ms:
-                m = r.extender_ms[verb]
-                print(f"| {r.nodes} | {verb} | {m['count']:.0f} | {m['p50']:.1f} | "
-                      f"{m['p99']:.1f} |")
+            m = r.extender_ms.get(verb)
+            if m and m["count"]:
+                print(f"| {r.nodes} | {r.mode} | {verb} | {m['count']:.0f} | "
+                      f"{m['p50']:.1f} | {m['p99']:.1f} |")
 
 
 if __name__ == "__main__":
