@@ -1,7 +1,7 @@
 """The real kube-scheduler with and without the extender, on a real control plane.
 
     python benchmarks/bench_scheduler.py [--nodes 1000,5000] [--pods 2000]
-                                         [--modes alone,null,extender] [--repeat 1]
+                                         [--modes alone,null,extender,top] [--repeat 1]
 
 Per node count, on one loopback control plane (etcd, kube-apiserver; built by
 ``tests/e2e/cluster/build``): ``--nodes`` Node objects with 8 GPUs each (mixed presets)
@@ -9,7 +9,8 @@ and their GPUTopology objects, as the device plugin publishes them. Then, in the
 run, for each mode (``alone``: kube-scheduler counting GPUs, no extender; ``null``: the
 KubeSchedulerConfiguration from ``manifests/`` with ``null_extender.py``, an extender that
 decides nothing, the floor of the protocol; ``extender``: the same configuration with
-the real gputopo-extender in API mode):
+the real gputopo-extender in API mode; ``top``: the extender with ``--filter-top-scored``
+and the configuration without ``prioritizeVerb``):
 
 1. ``--pods`` GPU pods (1/2/4/8 GPUs, seeded mix) are created while no scheduler runs;
 2. kube-scheduler starts; a watch records the time each pod is bound;
@@ -18,8 +19,8 @@ the real gputopo-extender in API mode):
    /proc, per pod; the extender's per-verb latency p50/p99 from its /metrics histogram;
 5. the pods are deleted (grace 0: no kubelet) and the extender has released them.
 
-Both modes use the same raised client rate limit (``--qps``), so the API client is not
-what limits either. No controller-manager and no kubelet run: nodes are Ready objects.
+Every mode uses the same raised client rate limit (``--qps``), so the API client is not
+what limits any. No controller-manager and no kubelet run: nodes are Ready objects.
 Prints markdown tables; ``--json FILE`` writes every figure.
 """
 
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", default="1000,5000", help="node counts (default %(default)s)")
     p.add_argument("--pods", type=int, default=2000)
-    p.add_argument("--modes", default="alone,null,extender",
+    p.add_argument("--modes", default="alone,null,extender,top",
                    help="in this order, per node count (default %(default)s)")
     p.add_argument("--repeat", type=int, default=1, help="alternate the modes this often")
     p.add_argument("--qps", type=float, default=2000.0,

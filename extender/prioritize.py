@@ -71,8 +71,8 @@ __all__ = [
     "normalize",
     "score",
     "scores",
-    "top_scored",
     "scores_in_slices",
+    "top_scored",
 ]
 
 log = logging.getLogger(__name__)

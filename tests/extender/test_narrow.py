@@ -7,7 +7,6 @@ says the same of every node it refuses.
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any
 
