@@ -106,7 +106,10 @@ class Scheduler:
         if len(passed) > 1:
             scores = await self.post("prioritize", {"Pod": pod, "Nodes": None,
                                                     "NodeNames": passed})
-            totals = {h["Host"]: h["Score"] * WEIGHT * 10 for h in scores}
+            # kube-scheduler adds nothing for a host the answer leaves out (the extender
+            # lists only the hosts above the lowest score).
+            totals = dict.fromkeys(passed, 0)
+            totals.update({h["Host"]: h["Score"] * WEIGHT * 10 for h in scores})
             best = max(totals.values())
             node = self.rng.choice(sorted(n for n, s in totals.items() if s == best))
         self.free[node] -= gpus  # assumed
@@ -244,12 +247,17 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     # The demo's binds are kept in a state file of its own: every run starts afresh.
     state_dir = tempfile.TemporaryDirectory(prefix="gputopo-demo-")
+    # Its log goes to a file, not a pipe: a pipe nobody reads fills up and blocks the
+    # extender's next log line.
+    log_path = Path(state_dir.name) / "extender.log"
+    log = open(log_path, "w")  # noqa: SIM115 (the child writes it until it exits)
     proc = subprocess.Popen(
         [sys.executable, "-m", "extender.main", "--host", "127.0.0.1", "--port", str(port),
          "--cluster-file", str(CLUSTER_FILE),
          "--state-file", str(Path(state_dir.name) / "state.json")],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True,
     )
+    log.close()
     try:
         asyncio.run(drive(base, args.pods, args.seed))
         if args.keep_running:
@@ -263,9 +271,9 @@ def main() -> int:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if proc.returncode not in (0, -15, None):
+            print(log_path.read_text()[-8000:], file=sys.stderr)
         state_dir.cleanup()
-    if proc.returncode not in (0, -15, None) and proc.stderr is not None:
-        print(proc.stderr.read(), file=sys.stderr)
     simulate(args.seed)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
     return 0
