@@ -14,7 +14,6 @@ only when no node passes, and one always does here.
 from __future__ import annotations
 
 import dataclasses
-from itertools import compress
 
 from extender import filter as filter_verb
 from extender import prioritize
@@ -49,9 +48,7 @@ def top_scored(
         if len(out.passed) < 2:
             return Answer(body=json_bytes(filter_verb.encode(args, out)),
                           counts=filter_verb.counts_of(out))
-        values = prioritize.scores(decisions.state, scored, out.passed, decisions=decisions)
-        top = max(values, default=0)
-        kept = list(compress(out.passed, [v == top for v in values]))
+        kept = keep(out.passed, decisions.keys_of(out.passed))
         counts = dataclasses.replace(filter_verb.counts_of(out), passed=len(kept),
                                      outscored=len(out.passed) - len(kept))
         out = dataclasses.replace(out, passed=kept)

@@ -81,10 +81,16 @@ async def test_the_dropped_nodes_are_counted_and_a_pod_without_gpus_is_not_narro
         again = await call(s, f"{top}/filter",
                            {"Pod": pod, "Nodes": None, "NodeNames": ["a", "b", "c"]})
         assert again == got
+        # a name that needs escaping takes the plain encoder: the same narrowing
+        odd = await call(s, f"{top}/filter",
+                         {"Pod": pod, "Nodes": None, "NodeNames": ["a", "b", "c", 'x"y']})
+        assert odd["NodeNames"] == ["a"]
+        assert set(odd["FailedNodes"]) | set(odd["FailedAndUnresolvableNodes"]) == {"c", 'x"y'}
         plain = await call(s, f"{top}/filter",
                            {"Pod": cpu_pod, "Nodes": None, "NodeNames": ["a", "b", "c"]})
         assert plain["NodeNames"] == ["a", "b", "c"]
         async with s.get(f"{top}/metrics") as r:
             text = await r.text()
     line = 'gputopo_extender_node_decisions_total{result="outscored"} '
-    assert next(float(x[len(line):]) for x in text.splitlines() if x.startswith(line)) == 2.0
+    outscored = next(float(x[len(line):]) for x in text.splitlines() if x.startswith(line))
+    assert outscored == 3.0  # b, in each of the three narrowed answers
