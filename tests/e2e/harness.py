@@ -524,11 +524,20 @@ class LocalCluster:
         ])
         self.scheduler.start()
 
-    def restart_scheduler(self, *, with_extender: bool) -> None:
-        """Stop kube-scheduler and start it again with or without the extender."""
+    def restart_scheduler(self, *, with_extender: bool, prioritize: bool = True) -> None:
+        """Stop kube-scheduler and start it again with or without the extender (and
+        without its ``prioritizeVerb``)."""
         self.scheduler.stop()
         self.processes.remove(self.scheduler)
-        self._scheduler(with_extender=with_extender)
+        self._scheduler(with_extender=with_extender, prioritize=prioritize)
+
+    def restart_extender(self, *extra_args: str) -> None:
+        """Stop the extender and start it again with ``extra_args`` (on a new port: restart
+        the scheduler after it)."""
+        self.extender.stop()
+        self.processes.remove(self.extender)
+        self._extender(*extra_args)
+        self.wait_extender_ready(timeout=90)
 
     # -- nodes -------------------------------------------------------------------------
     def add_node(self, n: NodeSpec) -> KubeletNode:

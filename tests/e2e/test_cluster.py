@@ -310,6 +310,53 @@ def _preferred(cluster: LocalCluster, node: str, size: int) -> tuple[list[str], 
     return list(resp.container_responses[0].deviceIDs), took
 
 
+def _extender_metrics(cluster: LocalCluster) -> str:
+    with urllib.request.urlopen(f"{cluster.extender_url}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def _extender_nodes(cluster: LocalCluster) -> int:
+    with urllib.request.urlopen(f"{cluster.extender_url}/readyz", timeout=10) as resp:
+        return int(json.loads(resp.read()).get("nodes", 0))
+
+
+def test_filter_top_scored_without_prioritize_still_places_on_the_best_set(
+        cluster: LocalCluster, ns: str) -> None:
+    # kube-scheduler with no prioritizeVerb, the extender with --filter-top-scored.
+    cluster.restart_extender("--filter-top-scored")
+    cluster.restart_scheduler(with_extender=True, prioritize=False)
+    try:
+        # Every node counted by the scheduler and known to the extender, or the test
+        # would only show which nodes had reported yet.
+        gpus = {"gpu-a": 8, "gpu-b": 8, "gpu-c": 4}
+        wait_for("every node's GPU capacity", lambda: all(
+            cluster.gpu_capacity(n) == k for n, k in gpus.items()), timeout=90,
+            on_timeout=cluster.diagnostics)
+        wait_for("the extender to know every node", lambda: _extender_nodes(cluster) == 3,
+                 timeout=60, on_timeout=cluster.diagnostics)
+        # NVLink preferred, not required: gpu-b (SYS) and gpu-c (one NVLink pair) pass
+        # the plain filter, and nothing but the narrowing keeps them from the scheduler,
+        # whose own scoring spreads pods over nodes (there is no prioritize to weigh in).
+        for name in ("top-1", "top-2"):
+            create(cluster, ns, gpu_pod(name, 4, min_link="nvlink"))
+            pod = wait_allocated(cluster, ns, name, timeout=120)
+            assert pod["spec"]["nodeName"] == "gpu-a", describe(cluster, ns, name)
+            record = kubelet_record(cluster, "gpu-a")[(ns, name)]
+            assert record == assigned(pod) == allocated(pod)
+            idx = sorted(int(u.rsplit("-", 1)[1]) for u in record["main"])
+            found = allocator_for(preset("dgx1-v100")).best(4, sum(1 << i for i in idx))
+            assert isinstance(found, Allocation) and found.ring_link is not None
+            assert found.ring_link.is_nvlink, (idx, found)
+        text = _extender_metrics(cluster)
+        assert metric(text, "gputopo_extender_requests_total", {"verb": "prioritize"}) == 0
+        assert metric(text, "gputopo_extender_node_decisions_total",
+                      {"result": "outscored"}) >= 2
+    finally:
+        delete_all(cluster, ns)
+        cluster.restart_extender()
+        cluster.restart_scheduler(with_extender=True)
+
+
 def test_api_server_down_for_30s_plugin_still_answers_and_both_resync(
         cluster: LocalCluster, ns: str) -> None:
     _preferred(cluster, "gpu-b", 2)  # the channel and the plugin are warm
