@@ -135,9 +135,13 @@ class _Ranked:
 
 
 def _judge(
-    decisions: Decisions, request: GpuRequest, names: list[str], ranked: _Ranked
+    decisions: Decisions, request: GpuRequest, names: list[str], ranked: _Ranked,
+    keys: list[Key] | None = None,
 ) -> tuple[list[Key], set[Key]]:
-    keys = decisions.keys_of(names)
+    """Every candidate's key (looked up unless given) and the distinct ones, each with a
+    plan in ``ranked``."""
+    if keys is None:
+        keys = decisions.keys_of(names)
     distinct = set(keys)
     if not distinct <= ranked.seen:
         decisions.judge_new(request, names, keys, ranked.seen, ranked.add)
@@ -219,9 +223,7 @@ def top_scored(
     if request.empty:
         return list(names)
     ranked = decisions.table(request, _Ranked)
-    distinct = set(keys)
-    if not distinct <= ranked.seen:
-        decisions.judge_new(request, names, keys, ranked.seen, ranked.add)
+    _, distinct = _judge(decisions, request, names, ranked, keys)
     _score(ranked, distinct)
     scores = ranked.scores
     top = max(map(scores.__getitem__, distinct), default=0)

@@ -107,11 +107,6 @@ class InMemoryCluster:
             self._down = True
         self.changes.notify()
 
-    def come_back(self) -> None:
-        with self._lock:
-            self._down = False
-        self.changes.notify()
-
     def _refuse_watch(self) -> ClusterError:
         with self._lock:
             self.watches_refused += 1
